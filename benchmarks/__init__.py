@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks SUITE --dburl URL``. Not collected by pytest."""

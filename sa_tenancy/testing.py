@@ -1,0 +1,408 @@
+"""pytest plugin: real databases for tenancy tests, and helpers to make tenant schemas.
+
+Enable it in a project with ``-p sa_tenancy.testing`` (or ``pytest_plugins =
+["sa_tenancy.testing"]`` in a ``conftest.py``). sa_tenancy's own suite runs on it.
+
+Where the PostgreSQL server comes from, first match wins:
+
+1. ``--pg-url URL`` or the ``SA_TENANCY_TEST_PG_URL`` environment variable;
+2. the local server on ``127.0.0.1:5432`` (user ``postgres``, database ``test``) if it answers;
+3. a throwaway cluster made with ``initdb``/``pg_ctl`` found on ``PATH`` (stopped at the end);
+4. none: database tests are skipped with a reason saying how to get one, **except under
+   ``CI=true``, where they fail**: a CI run that silently skips its database tests proves nothing.
+
+MySQL/MariaDB works the same way with ``--mysql-url`` / ``SA_TENANCY_TEST_MYSQL_URL`` and
+``127.0.0.1:3306`` (user ``root``, database ``test``).
+
+Every run works in a scratch database of its own (``sa_tenancy_test_<random>``), created at the
+start and dropped at the end, so runs never see each other's tables (not even in ``public``)
+and the configured database is left as it was. If the role may not create databases, the
+configured database is used as is, and every test still makes and drops its own uniquely named
+schemas.
+
+Fixtures: ``pg_url``, ``pg_engine`` (``pool_size=1``, so the next checkout is the same
+connection), ``pg_tenants`` (make tenant schemas), and ``mysql_url``, ``mysql_engine``,
+``mysql_tenants``. Tests that use them are marked ``pg`` / ``mysql`` automatically, so
+``-m "not pg and not mysql"`` is a fast run without servers.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import uuid
+from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData
+from sqlalchemy import create_engine
+from sqlalchemy import insert
+from sqlalchemy import make_url
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from ._cluster import Cluster
+from ._cluster import find_pg_bin
+
+__all__ = ["DatabaseUnavailable", "TenantFactory", "unique_name", "url_for_driver"]
+
+PG_ENV = "SA_TENANCY_TEST_PG_URL"
+MYSQL_ENV = "SA_TENANCY_TEST_MYSQL_URL"
+LOCAL_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+LOCAL_MYSQL = "mysql+pymysql://root@127.0.0.1:3306/test"
+DECOY = "public-decoy"
+
+
+class DatabaseUnavailable(Exception):
+    """No server could be found or started; the message says how to get one."""
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A schema or database name no other test uses: ``prefix`` + 12 hex digits."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def url_for_driver(url: str, driver: str) -> str:
+    """``url`` with another driver, e.g. ``url_for_driver(pg_url, "asyncpg")``."""
+    parsed = make_url(url)
+    return parsed.set(drivername=f"{parsed.get_backend_name()}+{driver}").render_as_string(
+        hide_password=False
+    )
+
+
+def _answers(url: str) -> bool:
+    args = {"connect_timeout": 3} if url.startswith(("postgresql", "mysql")) else {}
+    engine = create_engine(url, connect_args=args, poolclass=None)
+    try:
+        with engine.connect():
+            return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class _Server:
+    """One resolved server: where it came from, its scratch database, and how to clean up."""
+
+    kind: str
+    admin_url: str | None = None
+    url: str | None = None
+    version: str = ""
+    source: str = ""
+    error: str | None = None
+    scratch: str | None = None
+    cluster: Cluster | None = None
+
+    def require(self) -> str:
+        if self.url is None:
+            message = self.error or f"no {self.kind} server"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"{message} (CI=true: database tests must not be skipped)")
+            pytest.skip(message)
+        return self.url
+
+
+def _setup_cfg_url(config: pytest.Config, name: str, default: str) -> str:
+    """The URL named ``name`` in the ``[db]`` table of the project's setup.cfg, or ``default``."""
+    parser = configparser.ConfigParser()
+    parser.read(config.rootpath / "setup.cfg")
+    return parser.get("db", name, fallback=default)
+
+
+def _resolve_pg(config: pytest.Config) -> _Server:
+    server = _Server("PostgreSQL")
+    option = config.getoption("pg_url")
+    explicit = option or os.environ.get(PG_ENV)
+    local = _setup_cfg_url(config, "pg", LOCAL_PG)
+    if explicit:
+        server.admin_url, server.source = explicit, "--pg-url" if option else PG_ENV
+    elif _answers(local):
+        server.admin_url, server.source = local, "local server"
+    elif find_pg_bin() is not None:
+        try:
+            server.cluster = Cluster().start()
+        except Exception as exc:
+            server.error = f"could not start a throwaway PostgreSQL cluster: {exc}"
+            return server
+        server.admin_url, server.source = server.cluster.url, "throwaway cluster"
+    else:
+        server.error = (
+            f"no PostgreSQL: pass --pg-url, set {PG_ENV}, run a server on 127.0.0.1:5432, "
+            "or install PostgreSQL (initdb/pg_ctl) so a throwaway cluster can be started"
+        )
+        return server
+    _make_scratch(server, "SELECT version()")
+    return server
+
+
+def _resolve_mysql(config: pytest.Config) -> _Server:
+    server = _Server("MySQL/MariaDB")
+    option = config.getoption("mysql_url")
+    explicit = option or os.environ.get(MYSQL_ENV)
+    local = _setup_cfg_url(config, "mysql", LOCAL_MYSQL)
+    if explicit:
+        server.admin_url, server.source = explicit, "--mysql-url" if option else MYSQL_ENV
+    elif _answers(local):
+        server.admin_url, server.source = local, "local server"
+    else:
+        server.error = (
+            f"no MySQL/MariaDB: pass --mysql-url, set {MYSQL_ENV}, or run a server on "
+            "127.0.0.1:3306 (user root, empty password, database test)"
+        )
+        return server
+    _make_scratch(server, "SELECT version()")
+    return server
+
+
+def _make_scratch(server: _Server, version_sql: str) -> None:
+    assert server.admin_url is not None
+    engine = create_engine(server.admin_url, isolation_level="AUTOCOMMIT")
+    name = unique_name("sa_tenancy_test")
+    try:
+        with engine.connect() as conn:
+            server.version = str(conn.exec_driver_sql(version_sql).scalar())
+            try:
+                quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+                conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+            except Exception:
+                server.url = server.admin_url  # no CREATEDB: work in the given database
+                return
+        server.scratch = name
+        server.url = (
+            make_url(server.admin_url).set(database=name).render_as_string(hide_password=False)
+        )
+    except Exception as exc:
+        server.error = f"{server.kind} at {server.admin_url} failed: {exc}"
+    finally:
+        engine.dispose()
+
+
+def _drop_scratch(server: _Server) -> None:
+    if server.scratch and server.admin_url:
+        engine = create_engine(server.admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                quoted = conn.dialect.identifier_preparer.quote_identifier(server.scratch)
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+                else:
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+        finally:
+            engine.dispose()
+    if server.cluster is not None:
+        server.cluster.stop()
+
+
+@dataclass
+class _Servers:
+    config: pytest.Config
+    resolved: dict[str, _Server] = field(default_factory=dict)
+
+    def get(self, kind: str) -> _Server:
+        if kind not in self.resolved:
+            if kind == "pg":
+                self.resolved[kind] = _resolve_pg(self.config)
+            else:
+                self.resolved[kind] = _resolve_mysql(self.config)
+        return self.resolved[kind]
+
+    def close(self) -> None:
+        for server in self.resolved.values():
+            _drop_scratch(server)
+
+
+_SERVERS = pytest.StashKey[_Servers]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sa_tenancy", "sa_tenancy database options")
+    group.addoption("--pg-url", default=None, help=f"PostgreSQL URL (default: ${PG_ENV}, local)")
+    group.addoption("--mysql-url", default=None, help=f"MySQL URL (default: ${MYSQL_ENV}, local)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SERVERS] = _Servers(config)
+    config.addinivalue_line("markers", "pg: needs a PostgreSQL server (added automatically)")
+    config.addinivalue_line("markers", "mysql: needs a MySQL/MariaDB server (added automatically)")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    servers = config.stash.get(_SERVERS, None)
+    if servers is not None:
+        servers.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = []
+    selected = config.getoption("markexpr", "") or ""
+    for kind in ("pg", "mysql"):
+        if f"not {kind}" in selected:
+            continue
+        server = config.stash[_SERVERS].get(kind)
+        if server.url:
+            where = f" (scratch database {server.scratch})" if server.scratch else ""
+            lines.append(f"{server.kind}: {server.version} via {server.source}{where}")
+        else:
+            lines.append(f"{server.kind}: unavailable: {server.error}")
+    return lines
+
+
+_PG_FIXTURES = {"pg_url", "pg_engine", "pg_tenants"}
+_MYSQL_FIXTURES = {"mysql_url", "mysql_engine", "mysql_tenants"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _PG_FIXTURES:
+            item.add_marker(pytest.mark.pg)
+        if names & _MYSQL_FIXTURES:
+            item.add_marker(pytest.mark.mysql)
+
+
+class TenantFactory:
+    """Makes tenant schemas with the tables of a ``MetaData``, and drops them afterwards.
+
+    Each tenant's tables are created through a ``schema_translate_map`` (never through the
+    ``search_path``, where PostgreSQL's ``has_table`` can see a same-named table elsewhere and
+    skip creation). With ``decoy=True`` the same tables are also made in the default schema,
+    each holding rows marked ``'public-decoy'`` where a string column allows it, so a query that
+    falls through to the default schema shows up instead of returning nothing.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.schemas: list[str] = []
+        self._decoys: list[MetaData] = []
+
+    def __call__(
+        self,
+        metadata: MetaData | None = None,
+        count: int = 2,
+        *,
+        names: Iterable[str] | None = None,
+        decoy: bool = True,
+    ) -> list[str]:
+        """Create ``count`` tenant schemas (or the given ``names``); return their names."""
+        made = list(names) if names is not None else [unique_name() for _ in range(count)]
+        for schema in made:
+            with self.engine.begin() as conn:
+                self.schemas.append(schema)
+                quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+                kw = "DATABASE" if conn.dialect.name == "mysql" else "SCHEMA"
+                conn.exec_driver_sql(f"CREATE {kw} {quoted}")
+            if metadata is not None:
+                mapped = self.engine.execution_options(schema_translate_map={None: schema})
+                metadata.create_all(mapped)
+        if decoy and metadata is not None and metadata not in self._decoys:
+            self._make_decoys(metadata)
+        return made
+
+    def _make_decoys(self, metadata: MetaData) -> None:
+        tables = [t for t in metadata.sorted_tables if t.schema is None]
+        with self.engine.begin() as conn:
+            metadata.create_all(conn, tables=tables)
+            for table in tables:
+                row = _decoy_row(table)
+                if row is not None:
+                    conn.execute(insert(table).values(**row))
+        self._decoys.append(metadata)
+
+    def drop(self) -> None:
+        with self.engine.begin() as conn:
+            is_mysql = conn.dialect.name == "mysql"
+            for schema in reversed(self.schemas):
+                quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+                if is_mysql:
+                    conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}")
+                else:
+                    conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+            for metadata in self._decoys:
+                tables = [t for t in metadata.sorted_tables if t.schema is None]
+                metadata.drop_all(conn, tables=tables)
+        self.schemas.clear()
+        self._decoys.clear()
+
+
+def _decoy_row(table: Any) -> dict[str, Any] | None:
+    """A row for ``table`` with every string column set to the decoy marker, if one fits."""
+    row: dict[str, Any] = {}
+    for column in table.columns:
+        python_type: Any
+        try:
+            python_type = column.type.python_type
+        except NotImplementedError:
+            python_type = None
+        if column.primary_key and python_type is int:
+            row[column.name] = 1
+        elif python_type is str:
+            row[column.name] = DECOY
+        elif column.foreign_keys or (
+            not column.nullable and column.server_default is None and column.default is None
+        ):
+            return None
+    return row
+
+
+@pytest.fixture(scope="session")
+def pg_url(request: pytest.FixtureRequest) -> str:
+    """URL (``postgresql+psycopg``) of this run's PostgreSQL scratch database."""
+    return request.config.stash[_SERVERS].get("pg").require()
+
+
+@pytest.fixture(scope="session")
+def mysql_url(request: pytest.FixtureRequest) -> str:
+    """URL (``mysql+pymysql``) of this run's MySQL/MariaDB scratch database."""
+    return request.config.stash[_SERVERS].get("mysql").require()
+
+
+def _engine_fixture(url: str) -> Iterator[Engine]:
+    engine = create_engine(url, pool_size=1, max_overflow=0, pool_timeout=10)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """A PostgreSQL engine with ``pool_size=1``: every checkout is the same DBAPI connection."""
+    yield from _engine_fixture(pg_url)
+
+
+@pytest.fixture
+def mysql_engine(mysql_url: str) -> Iterator[Engine]:
+    """A MySQL/MariaDB engine with ``pool_size=1``."""
+    yield from _engine_fixture(mysql_url)
+
+
+def _tenants_fixture(url: str) -> Iterator[TenantFactory]:
+    engine = create_engine(url, pool_size=2, max_overflow=0)
+    factory = TenantFactory(engine)
+    try:
+        yield factory
+    finally:
+        factory.drop()
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_tenants(pg_url: str) -> Iterator[TenantFactory]:
+    """``pg_tenants(metadata, 2)`` makes two tenant schemas (and decoys); all dropped after."""
+    yield from _tenants_fixture(pg_url)
+
+
+@pytest.fixture
+def mysql_tenants(mysql_url: str) -> Iterator[TenantFactory]:
+    """``mysql_tenants(metadata, 2)`` makes two tenant databases; all dropped after."""
+    yield from _tenants_fixture(mysql_url)
+
+
+def server_default_search_path(engine: Engine) -> str:
+    """``SHOW search_path`` on a fresh checkout of ``engine``: what a pooled user would see."""
+    with engine.connect() as conn:
+        return str(conn.execute(text("SHOW search_path")).scalar())

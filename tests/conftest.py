@@ -1,0 +1,59 @@
+"""Shared fixtures. The database fixtures come from the sa_tenancy.testing plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
+import sa_tenancy
+
+from .models import tenant_metadata
+
+STRATEGIES = ["search_path", "translate_map"]
+
+
+@pytest.fixture(params=STRATEGIES)
+def strategy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def two_tenants(pg_tenants) -> list[str]:
+    """Two PostgreSQL tenants with the test models, plus decoy tables in public."""
+    return pg_tenants(tenant_metadata, 2)
+
+
+@pytest.fixture
+def SessionLocal(pg_engine: Engine, strategy: str) -> Iterator[sessionmaker]:
+    factory = sessionmaker(pg_engine)
+    installation = sa_tenancy.install(factory, strategy=strategy)
+    yield factory
+    installation.uninstall()
+
+
+class StatementLog:
+    """Every statement and its parameters as they reach the DBAPI cursor."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, object]] = []
+
+    def __call__(self, conn, cursor, statement, parameters, context, executemany):
+        self.entries.append((statement, parameters))
+
+    def count(self, fragment: str) -> int:
+        return sum(fragment in statement for statement, _ in self.entries)
+
+    def contains(self, needle: str) -> bool:
+        return any(needle in sql or needle in repr(params) for sql, params in self.entries)
+
+
+@pytest.fixture
+def statements(pg_engine: Engine) -> Iterator[StatementLog]:
+    log = StatementLog()
+    event.listen(pg_engine, "before_cursor_execute", log)
+    yield log
+    event.remove(pg_engine, "before_cursor_execute", log)

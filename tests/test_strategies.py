@@ -1,0 +1,348 @@
+"""The two strategies on real PostgreSQL: what each applies, and that nothing outlives the
+transaction on a pooled connection (invariant 2)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import select
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+import sa_tenancy
+from sa_tenancy import RawSQLRefused
+from sa_tenancy import TenancyError
+from sa_tenancy import UnknownSchema
+from sa_tenancy.testing import DECOY
+from sa_tenancy.testing import server_default_search_path
+from sa_tenancy.testing import unique_name
+
+from .models import Note
+from .models import tenant_metadata
+
+DEFAULT_PATH = '"$user", public'
+
+
+def backend_pid(engine):
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT pg_backend_pid()")).scalar()
+
+
+def assert_clean_checkout(engine, pid=None):
+    """The next checkout of the (single) pooled connection carries no tenant state."""
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW search_path")).scalar() == DEFAULT_PATH
+        assert "schema_translate_map" not in conn.get_execution_options()
+        assert conn.execute(select(Note.body)).scalars().all() == [DECOY]
+        if pid is not None:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid
+
+
+# -- invariant 2: no pool leakage ---------------------------------------------------------------
+
+
+def test_no_leak_after_commit(SessionLocal, pg_engine, two_tenants):
+    pid = backend_pid(pg_engine)
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        session.add(Note(id=1, body="x"))
+        session.commit()
+    assert_clean_checkout(pg_engine, pid)
+
+
+def test_no_leak_after_rollback(SessionLocal, pg_engine, two_tenants):
+    pid = backend_pid(pg_engine)
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        session.execute(select(Note)).all()
+        session.rollback()
+    assert_clean_checkout(pg_engine, pid)
+
+
+def test_no_leak_after_database_error(SessionLocal, pg_engine, two_tenants):
+    pid = backend_pid(pg_engine)
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        session.add_all([Note(id=1, body="x")])
+        session.commit()
+        session.add(Note(id=1, body="duplicate"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+    assert_clean_checkout(pg_engine, pid)
+
+
+def test_no_leak_after_exception_in_user_code(SessionLocal, pg_engine, two_tenants):
+    pid = backend_pid(pg_engine)
+    with pytest.raises(ZeroDivisionError):
+        with SessionLocal(info={"schema": two_tenants[0]}) as session:
+            session.execute(select(Note)).all()
+            1 / 0  # noqa: B018
+    assert_clean_checkout(pg_engine, pid)
+
+
+def test_no_leak_after_savepoint(SessionLocal, pg_engine, two_tenants):
+    pid = backend_pid(pg_engine)
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        with session.begin_nested():
+            session.add(Note(id=1, body="x"))
+        session.commit()
+    assert_clean_checkout(pg_engine, pid)
+
+
+def test_no_leak_after_invalidated_connection(SessionLocal, pg_engine, two_tenants):
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        session.execute(select(Note)).all()
+        session.connection().invalidate()
+    assert_clean_checkout(pg_engine)
+
+
+def test_no_leak_after_backend_killed(SessionLocal, pg_engine, pg_url, two_tenants):
+    killer = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        pid = session.execute(
+            text("SELECT pg_backend_pid()").execution_options(sa_tenancy_allow_raw_sql=True)
+        ).scalar()
+        with killer.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError):
+            session.execute(select(Note)).all()
+    killer.dispose()
+    assert_clean_checkout(pg_engine)
+
+
+# -- search_path ----------------------------------------------------------------------------------
+
+
+def test_search_path_inside_the_transaction(pg_engine, two_tenants):
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": two_tenants[0]}) as session:
+        path = session.execute(text("SHOW search_path")).scalar()
+        assert path == f'"{two_tenants[0]}", pg_temp'
+        # raw SQL follows the tenant too
+        session.execute(text("INSERT INTO notes (id, body) VALUES (1, 'raw')"))
+        session.commit()
+    with pg_engine.connect() as conn:
+        assert conn.execute(text(f"SELECT body FROM {two_tenants[0]}.notes")).scalar() == "raw"
+
+
+def test_search_path_refuses_a_missing_schema(pg_engine, two_tenants, statements):
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": unique_name("missing")}) as session:
+        with pytest.raises(UnknownSchema, match="does not exist"):
+            session.execute(select(Note)).all()
+        with pytest.raises(TenancyError):
+            session.execute(select(Note)).all()
+    assert not statements.contains("FROM notes")
+
+
+def test_search_path_refuses_a_schema_without_usage(pg_url, pg_engine, two_tenants):
+    role = unique_name("role")
+    with pg_engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+    engine = create_engine(pg_url.replace("postgres@", f"{role}@"))
+    try:
+        factory = sessionmaker(engine)
+        sa_tenancy.install(factory, strategy="search_path")
+        with factory(info={"schema": two_tenants[0]}) as session:
+            with pytest.raises(UnknownSchema, match="USAGE"):
+                session.execute(select(Note)).all()
+    finally:
+        engine.dispose()
+        with pg_engine.begin() as conn:
+            conn.execute(text(f"DROP ROLE {role}"))
+
+
+def test_search_path_refuses_autocommit(pg_url, two_tenants):
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    factory = sessionmaker(engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": two_tenants[0]}) as session:
+        with pytest.raises(TenancyError, match="AUTOCOMMIT"):
+            session.execute(select(Note)).all()
+    engine.dispose()
+
+
+def test_search_path_refuses_autocommit_set_per_session(pg_engine, two_tenants):
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": two_tenants[0]}) as session:
+        with pytest.raises(TenancyError, match="AUTOCOMMIT"):
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def test_search_path_needs_postgresql(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path}/x.db")
+    factory = sessionmaker(engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": "acme"}) as session:
+        with pytest.raises(TenancyError, match="needs PostgreSQL"):
+            session.execute(text("SELECT 1"))
+    engine.dispose()
+
+
+def test_temp_table_cannot_shadow_the_tenant_table(pg_engine, two_tenants):
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with pg_engine.connect() as conn:  # the one pooled connection gets a temp table "notes"
+        conn.execute(text("CREATE TEMP TABLE notes (id int primary key, body text)"))
+        conn.execute(text("INSERT INTO notes VALUES (1, 'temp-shadow')"))
+        conn.commit()
+    seed_body = f"{two_tenants[0]}-row"
+    with factory(info={"schema": two_tenants[0]}) as session:
+        session.add(Note(id=1, body=seed_body))
+        session.commit()
+        assert session.scalars(select(Note.body)).all() == [seed_body]
+
+
+def test_extra_schemas_come_after_the_tenant(pg_engine, two_tenants):
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path", extra_schemas=["public"])
+    with factory(info={"schema": two_tenants[0]}) as session:
+        path = session.execute(text("SHOW search_path")).scalar()
+        assert path == f'"{two_tenants[0]}", "public", pg_temp'
+        assert session.scalars(select(Note.body)).all() == []  # tenant first, not public
+
+
+# -- translate_map --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def TranslateSession(pg_engine):
+    factory = sessionmaker(pg_engine)
+    installation = sa_tenancy.install(factory, strategy="translate_map")
+    yield factory
+    installation.uninstall()
+
+
+def test_translate_map_refuses_raw_sql(TranslateSession, pg_engine, two_tenants):
+    insert = "INSERT INTO notes (id, body) VALUES ({}, 'leaked')"
+    with TranslateSession(info={"schema": two_tenants[0]}) as session:
+        with pytest.raises(RawSQLRefused, match="search_path strategy"):
+            session.execute(text(insert.format(101)))
+        session.rollback()
+        with pytest.raises(RawSQLRefused):
+            session.connection().exec_driver_sql(insert.format(102))
+        session.rollback()
+        with pytest.raises(RawSQLRefused):
+            session.connection().execute(text(insert.format(103)))
+        session.commit()
+    # Nothing ran: had it run, the rows would be in public.notes, not in the tenant's table.
+    with pg_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT body FROM notes").scalars().all() == [DECOY]
+
+
+def test_translate_map_raw_sql_opt_in(pg_engine, two_tenants):
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="translate_map")
+    qualified = text(f"SELECT count(*) FROM {two_tenants[0]}.notes")
+    with factory(info={"schema": two_tenants[0]}) as session:
+        allowed = qualified.execution_options(sa_tenancy_allow_raw_sql=True)
+        assert session.execute(allowed).scalar() == 0
+        assert (
+            session.execute(qualified, execution_options={sa_tenancy.ALLOW_RAW_SQL: True}).scalar()
+            == 0
+        )
+    sa_tenancy.uninstall(factory)
+    sa_tenancy.install(factory, strategy="translate_map", allow_raw_sql=True)
+    with factory(info={"schema": two_tenants[0]}) as session:
+        # allowed, and NOT translated: the unqualified name reads public. Hence the default.
+        assert session.execute(text("SELECT body FROM notes")).scalars().all() == [DECOY]
+
+
+def test_raw_sql_in_sessions_without_tenant_is_untouched(TranslateSession, pg_engine, two_tenants):
+    with TranslateSession() as session:
+        assert session.execute(text("SELECT body FROM notes")).scalars().all() == [DECOY]
+    with pg_engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT body FROM notes").scalars().all() == [DECOY]
+
+
+def test_translate_map_works_under_autocommit(pg_url, two_tenants):
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+    factory = sessionmaker(engine)
+    sa_tenancy.install(factory, strategy="translate_map")
+    with factory(info={"schema": two_tenants[1]}) as session:
+        session.add(Note(id=1, body="autocommit"))
+        session.commit()
+    with factory(info={"schema": two_tenants[1]}) as session:
+        assert session.scalars(select(Note.body)).all() == ["autocommit"]
+    with factory(info={"schema": two_tenants[0]}) as session:
+        assert session.scalars(select(Note.body)).all() == []
+    assert_clean_checkout(engine)
+    engine.dispose()
+
+
+def test_translate_map_keeps_shared_tables_and_extra_placeholders(pg_engine, pg_tenants):
+    from sqlalchemy import Column
+    from sqlalchemy import Integer
+    from sqlalchemy import MetaData
+    from sqlalchemy import String
+    from sqlalchemy import Table
+
+    shared = unique_name("shared")
+    metadata = MetaData()
+    plans = Table(
+        "plans",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(20)),
+        schema=shared,
+    )
+    items = Table(
+        "items",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(20)),
+        schema="per_tenant",
+    )
+    (tenant,) = pg_tenants(None, 1, decoy=False)
+    with pg_engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {shared}"))
+        plans.create(conn)
+        conn.execute(plans.insert().values(id=1, name="gold"))
+        items.create(conn.execution_options(schema_translate_map={"per_tenant": tenant}))
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy=sa_tenancy.TranslateMap(placeholders=(None, "per_tenant")))
+    try:
+        with factory(info={"schema": tenant}) as session:
+            session.execute(items.insert().values(id=1, name="widget"))
+            assert session.execute(select(plans.c.name)).scalar() == "gold"
+            session.commit()
+        with pg_engine.connect() as conn:
+            assert conn.execute(text(f"SELECT name FROM {tenant}.items")).scalar() == "widget"
+    finally:
+        with pg_engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {shared} CASCADE"))
+
+
+def test_translate_map_on_a_session_bound_to_a_connection(pg_engine, two_tenants):
+    """A Connection that outlives the session gets its own translate map back."""
+    with pg_engine.connect() as conn:
+        factory = sessionmaker(bind=conn, join_transaction_mode="create_savepoint")
+        sa_tenancy.install(factory, strategy="translate_map")
+        with factory(info={"schema": two_tenants[0]}) as session:
+            session.add(Note(id=1, body="bound"))
+            session.flush()
+            assert session.scalars(select(Note.body)).all() == ["bound"]
+        with factory() as session:  # no tenant: must not inherit the previous one's map
+            assert session.scalars(select(Note.body)).all() == [DECOY]
+        assert (
+            "schema_translate_map" not in conn.get_execution_options()
+            or conn.get_execution_options()["schema_translate_map"] is None
+        )
+        conn.rollback()
+
+
+def test_tenant_tables_are_created_in_the_tenant_schema(pg_tenants, pg_engine):
+    (tenant,) = pg_tenants(tenant_metadata, 1)
+    with pg_engine.connect() as conn:
+        tables = (
+            conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = :s ORDER BY 1"),
+                {"s": tenant},
+            )
+            .scalars()
+            .all()
+        )
+    assert tables == ["authors", "books", "notes"]
+    assert server_default_search_path(pg_engine) == DEFAULT_PATH
