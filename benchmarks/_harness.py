@@ -1,0 +1,245 @@
+"""Shared timing helpers for the benchmark suites (not a suite itself).
+
+Every suite compares candidates with a baseline *in the same run*: on a small, noisy machine
+absolute times drift from minute to minute, so a number only means something next to the
+baseline measured between the same two ticks of the clock. :func:`compare` therefore runs the
+candidates interleaved (A B C, B C A, C A B, ... rotating the start so no candidate always runs
+first after a pause), repeats that ``repeat`` times, and reports for each candidate the median,
+min and max time per operation and the ratio of its median to the baseline's median.
+
+The stable API used by the suites:
+
+- :func:`add_common_args` / :func:`parse` — ``--dburl``, ``--n``, ``--repeat``, ``--json``;
+- :func:`scratch_database` — a database of the run's own (``sa_tenancy_bench_<random>``),
+  dropped at the end, so benchmarks never touch anyone's ``public`` schema;
+- :func:`compare` → list of :class:`Measurement`; :func:`format_table` prints them;
+- :func:`environment` — versions, cores and date, recorded with every result;
+- :func:`rss_bytes` — this process's resident set size;
+- :func:`write_json` — the ``--json FILE`` output (``{"environment": ..., "results": ...}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+from sqlalchemy import create_engine
+from sqlalchemy import make_url
+from sqlalchemy import text
+
+__all__ = [
+    "DEFAULT_URL",
+    "Measurement",
+    "add_common_args",
+    "compare",
+    "environment",
+    "format_environment",
+    "format_table",
+    "parse",
+    "rss_bytes",
+    "scratch_database",
+    "write_json",
+]
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@dataclass
+class Measurement:
+    """One candidate's timings: seconds per operation for each repetition."""
+
+    name: str
+    samples: list[float]
+    baseline: str
+    ratio: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(median=self.median, min=self.min, max=self.max)
+        return data
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, n: int, repeat: int = 7) -> None:
+    """``--dburl``, ``--n`` (operations per sample), ``--repeat`` (samples), ``--json FILE``."""
+    parser.add_argument(
+        "--dburl",
+        default=DEFAULT_URL,
+        help="server to benchmark; a scratch database is created there and dropped "
+        f"(default {DEFAULT_URL})",
+    )
+    parser.add_argument("--n", type=int, default=n, help=f"operations per sample (default {n})")
+    parser.add_argument(
+        "--repeat", type=int, default=repeat, help=f"interleaved samples (default {repeat})"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.repeat < 1:
+        parser.error("--n and --repeat must be at least 1")
+    return args
+
+
+@contextlib.contextmanager
+def scratch_database(url: str, *, prefix: str = "sa_tenancy_bench") -> Iterator[str]:
+    """Create ``<prefix>_<random>`` on ``url``'s server, yield its URL, drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=None)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=None)
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
+
+def compare(
+    candidates: Mapping[str, Callable[[int], object]],
+    *,
+    baseline: str,
+    n: int,
+    repeat: int,
+    warmup: int = 1,
+    budget: float | None = None,
+) -> list[Measurement]:
+    """Time ``candidates`` interleaved; each callable runs ``n`` operations per call.
+
+    :param baseline: the candidate the ratios are relative to.
+    :param warmup: untimed rounds first (connections, caches, prepared statements).
+    :param budget: seconds; stop repeating once exceeded (at least one timed round runs).
+    """
+    if baseline not in candidates:
+        raise ValueError(f"baseline {baseline!r} is not one of {list(candidates)}")
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name](n)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    for round_ in range(repeat):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            t0 = time.perf_counter()
+            candidates[name](n)
+            samples[name].append((time.perf_counter() - t0) / n)
+        if budget is not None and time.perf_counter() - started > budget:
+            break
+    base = statistics.median(samples[baseline])
+    return [
+        Measurement(name, samples[name], baseline, statistics.median(samples[name]) / base)
+        for name in names
+    ]
+
+
+def format_table(title: str, measurements: list[Measurement], *, unit: str = "µs") -> str:
+    """A Markdown table: candidate, median, min, max (per operation) and ratio to baseline."""
+    scale = {"µs": 1e6, "ms": 1e3, "s": 1.0}[unit]
+    lines = [
+        f"**{title}**",
+        "",
+        f"| candidate | median {unit} | min {unit} | max {unit} | ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in measurements:
+        lines.append(
+            f"| {m.name} | {m.median * scale:.1f} | {m.min * scale:.1f} | "
+            f"{m.max * scale:.1f} | {m.ratio:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # not installed is an answer, not an error
+        return None
+
+
+def environment(url: str | None = None) -> dict[str, Any]:
+    """Versions, cores and date of this run; the server version if ``url`` answers."""
+    env: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "sqlalchemy": _version("sqlalchemy"),
+        "psycopg": _version("psycopg"),
+        "asyncpg": _version("asyncpg"),
+    }
+    if url is not None:
+        engine = create_engine(url, poolclass=None)
+        try:
+            with engine.connect() as conn:
+                env["server"] = conn.execute(text("SHOW server_version")).scalar()
+        except Exception as exc:  # record why, keep going
+            env["server"] = f"unavailable: {exc.__class__.__name__}"
+        finally:
+            engine.dispose()
+    return env
+
+
+def format_environment(env: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in env.items() if value is not None)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, from ``/proc/self/status`` (0 where unavailable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def write_json(path: str, *, env: Mapping[str, Any], results: Any) -> None:
+    """Write ``{"environment": env, "results": results}``; Measurements become dicts."""
+
+    def default(obj: object) -> Any:
+        if isinstance(obj, Measurement):
+            return obj.as_dict()
+        raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({"environment": dict(env), "results": results}, out, indent=2, default=default)
+        out.write("\n")
