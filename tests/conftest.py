@@ -16,6 +16,13 @@ from .models import tenant_metadata
 STRATEGIES = ["search_path", "translate_map"]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    import psycopg
+    import sqlalchemy
+
+    return f"SQLAlchemy {sqlalchemy.__version__}, psycopg {psycopg.__version__}"
+
+
 @pytest.fixture(params=STRATEGIES)
 def strategy(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -185,3 +185,45 @@ def test_sync_sessionmaker_unaffected_by_async_install(pg_engine, async_url, two
     run(main())
     with sessionmaker(pg_engine)(info={"schema": two_tenants[0]}) as session:
         assert session.scalars(select(Note.body)).all() == [DECOY]
+
+
+@pytest.mark.parametrize("ending", ["db_error", "savepoint_rollback", "invalidated", "exception"])
+def test_async_no_leak_after_each_ending(async_url, two_tenants, strategy, ending):
+    """Invariant 2 for AsyncSession: the next checkout sees the server default."""
+    from sqlalchemy.exc import IntegrityError
+
+    async def main():
+        engine = create_async_engine(async_url, pool_size=1, max_overflow=0)
+        factory = async_sessionmaker(engine)
+        sa_tenancy.install(factory, strategy=strategy)
+        try:
+            async with factory(info={"schema": two_tenants[0]}) as session:
+                session.add(Note(id=1, body="x"))
+                await session.commit()
+                if ending == "db_error":
+                    session.add(Note(id=1, body="duplicate"))
+                    with pytest.raises(IntegrityError):
+                        await session.commit()
+                elif ending == "savepoint_rollback":
+                    nested = await session.begin_nested()
+                    session.add(Note(id=2, body="y"))
+                    await session.flush()
+                    await nested.rollback()
+                    await session.commit()
+                elif ending == "invalidated":
+                    await session.execute(select(Note))
+                    await (await session.connection()).invalidate()
+                else:
+                    await session.execute(select(Note))
+                    raise RuntimeError("handler failed")
+        except RuntimeError:
+            pass
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SHOW search_path"))).scalar() == '"$user", public'
+            sync_conn = conn.sync_connection
+            assert sync_conn is not None
+            assert "schema_translate_map" not in sync_conn.get_execution_options()
+            assert (await conn.execute(select(Note.body))).scalars().all() == [DECOY]
+        await engine.dispose()
+
+    run(main())
