@@ -34,12 +34,17 @@ from .strategies import ALLOW_RAW_SQL
 from .strategies import SearchPath
 from .strategies import Strategy
 from .strategies import TranslateMap
+from .verify import LeakDetector
+from .verify import PoolLeak
+from .verify import verify_checkin
 
 __all__ = [
     "ALLOW_RAW_SQL",
     "Installation",
     "InvalidSchemaName",
+    "LeakDetector",
     "NamePolicy",
+    "PoolLeak",
     "RawSQLRefused",
     "SQLiteFiles",
     "SchemaRequired",
@@ -56,6 +61,7 @@ __all__ = [
     "list_tenants",
     "tenant_exists",
     "uninstall",
+    "verify_checkin",
 ]
 
 __version__ = "0.1.0"
