@@ -16,18 +16,29 @@ from __future__ import annotations
 
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
+from .exc import ReservoirEmpty
 from .exc import SchemaRequired
 from .exc import SchemaSwitchError
 from .exc import TenancyError
 from .exc import UnknownSchema
+from .lifecycle import claim_tenant
+from .lifecycle import clone_tenant
 from .lifecycle import create_tenant
 from .lifecycle import drop_tenant
+from .lifecycle import fill_reservoir
 from .lifecycle import list_tenants
+from .lifecycle import rename_tenant
+from .lifecycle import reservoir_size
 from .lifecycle import tenant_exists
 from .listener import Installation
 from .listener import install
 from .listener import installation_of
 from .listener import uninstall
+from .migrate import FleetReport
+from .migrate import StatusReport
+from .migrate import TenantResult
+from .migrate import migrate_tenants
+from .migrate import tenant_status
 from .names import NamePolicy
 from .sqlite import SQLiteFiles
 from .strategies import ALLOW_RAW_SQL
@@ -40,26 +51,37 @@ from .verify import verify_checkin
 
 __all__ = [
     "ALLOW_RAW_SQL",
+    "FleetReport",
     "Installation",
     "InvalidSchemaName",
     "LeakDetector",
     "NamePolicy",
     "PoolLeak",
     "RawSQLRefused",
+    "ReservoirEmpty",
     "SQLiteFiles",
     "SchemaRequired",
     "SchemaSwitchError",
     "SearchPath",
+    "StatusReport",
     "Strategy",
     "TenancyError",
+    "TenantResult",
     "TranslateMap",
     "UnknownSchema",
+    "claim_tenant",
+    "clone_tenant",
     "create_tenant",
     "drop_tenant",
+    "fill_reservoir",
     "install",
     "installation_of",
     "list_tenants",
+    "migrate_tenants",
+    "rename_tenant",
+    "reservoir_size",
     "tenant_exists",
+    "tenant_status",
     "uninstall",
     "verify_checkin",
 ]

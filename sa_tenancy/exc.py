@@ -60,6 +60,10 @@ class RawSQLRefused(TenancyError):
     """
 
 
+class ReservoirEmpty(TenancyError):
+    """No spare schema is left to claim; fill the reservoir or create the tenant the slow way."""
+
+
 for _cls in (
     TenancyError,
     InvalidSchemaName,
@@ -67,6 +71,7 @@ for _cls in (
     SchemaRequired,
     SchemaSwitchError,
     RawSQLRefused,
+    ReservoirEmpty,
 ):
     _cls.__module__ = "sa_tenancy"
 del _cls

@@ -1,0 +1,199 @@
+"""Copy the structure of one schema into another, server-side, in one transaction.
+
+``CREATE TABLE ... (LIKE src.t INCLUDING ALL)`` is not enough for a tenant: defaults keep calling
+the *source* schema's sequences and enum columns keep the *source* schema's types. Instead the
+DDL is generated from the catalog while ``search_path`` is the source schema, so PostgreSQL's
+deparsers (``format_type``, ``pg_get_expr``, ``pg_get_constraintdef``) print the source's own
+objects unqualified, and is then executed with ``search_path`` set to the target, where those
+unqualified names resolve to the target's copies. Index definitions are the one deparser that
+always qualifies the table; its ``ON src.t`` is rewritten.
+
+Copied: enum types, sequences (with ``OWNED BY``), tables with column types, collations,
+defaults, identity and generated columns, ``NOT NULL``, primary/unique/check/exclusion and
+foreign-key constraints, other indexes, and the rows of ``alembic_version`` (optionally all
+rows). Not copied: views, functions, triggers, policies, grants other than the defaults.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from ._ledger import execute_ddl
+
+VERSION_TABLE = "alembic_version"
+
+_ENUMS = """
+SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)
+FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+WHERE t.typnamespace = to_regnamespace(:src) GROUP BY t.typname ORDER BY t.typname
+"""
+
+_SEQUENCES = """
+SELECT c.relname, format_type(s.seqtypid, NULL), s.seqincrement, s.seqmin, s.seqmax,
+       s.seqstart, s.seqcache, s.seqcycle, ot.relname, a.attname
+FROM pg_class c JOIN pg_sequence s ON s.seqrelid = c.oid
+LEFT JOIN pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
+     AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+LEFT JOIN pg_class ot ON ot.oid = d.refobjid
+LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'S'
+  AND (d.deptype IS NULL OR d.deptype = 'a')
+ORDER BY c.relname
+"""
+
+_COLUMNS = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       pg_get_expr(ad.adbin, ad.adrelid), a.attidentity, a.attgenerated,
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END
+FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+     AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+LEFT JOIN pg_collation co ON co.oid = a.attcollation
+WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r'
+ORDER BY c.relname, a.attnum
+"""
+
+_CONSTRAINTS = """
+SELECT c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid)
+FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r'
+  AND k.contype IN ('p', 'u', 'c', 'x', 'f')
+ORDER BY k.contype = 'f', c.relname, k.conname
+"""
+
+_INDEXES = """
+SELECT c.relname, pg_get_indexdef(i.indexrelid), format('%I.%I', CAST(:src AS text), c.relname)
+FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r'
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid
+                  AND k.conrelid = i.indrelid)
+ORDER BY c.relname, i.indexrelid
+"""
+
+
+def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -> None:
+    """Create the objects of schema ``source`` in the existing, empty schema ``target``.
+
+    Both names are validated by the caller. Runs in the caller's transaction and leaves its
+    ``search_path`` as it found it (both changes are transaction-scoped ``set_config`` calls).
+    """
+    q = conn.dialect.identifier_preparer.quote_identifier
+    saved = conn.execute(text("SELECT current_setting('search_path')")).scalar()
+    conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": q(source)})
+    params = {"src": source}
+    enums = conn.execute(text(_ENUMS), params).all()
+    sequences = conn.execute(text(_SEQUENCES), params).all()
+    columns = conn.execute(text(_COLUMNS), params).all()
+    constraints = conn.execute(text(_CONSTRAINTS), params).all()
+    indexes = conn.execute(text(_INDEXES), params).all()
+
+    ddl: list[str] = []
+    for name, labels in enums:
+        values = ", ".join(_literal(label) for label in labels)
+        ddl.append(f"CREATE TYPE {q(name)} AS ENUM ({values})")
+    for name, typ, inc, lo, hi, start, cache, cycle, _t, _c in sequences:
+        ddl.append(
+            f"CREATE SEQUENCE {q(name)} AS {typ} INCREMENT {int(inc)} MINVALUE {int(lo)} "
+            f"MAXVALUE {int(hi)} START {int(start)} CACHE {int(cache)} "
+            + ("CYCLE" if cycle else "NO CYCLE")
+        )
+    tables: dict[str, list[str]] = {}
+    inserted: dict[str, list[str]] = {}
+    for table, col, typ, notnull, default, identity, generated, collation in columns:
+        parts = [q(col), typ]
+        if collation:
+            parts.append(f"COLLATE {q(collation)}")
+        if generated == "s":
+            parts.append(f"GENERATED ALWAYS AS ({default}) STORED")
+        elif identity:
+            kind = "ALWAYS" if identity == "a" else "BY DEFAULT"
+            parts.append(f"GENERATED {kind} AS IDENTITY")
+        elif default is not None:
+            parts.append(f"DEFAULT {default}")
+        if notnull:
+            parts.append("NOT NULL")
+        tables.setdefault(table, []).append(" ".join(parts))
+        if generated != "s":
+            inserted.setdefault(table, []).append(q(col))
+    for table, cols in tables.items():
+        ddl.append(f"CREATE TABLE {q(table)} ({', '.join(cols)})")
+    for _name, _typ, _i, _lo, _hi, _s, _c, _cy, owner_table, owner_col in sequences:
+        if owner_table is not None:
+            ddl.append(f"ALTER SEQUENCE {q(_name)} OWNED BY {q(owner_table)}.{q(owner_col)}")
+    foreign: list[str] = []
+    for table, name, kind, definition in constraints:
+        statement = f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} {definition}"
+        (foreign if kind == "f" else ddl).append(statement)
+    for table, definition, qualified in indexes:
+        # pg_get_indexdef always qualifies the table, quoted by quote_ident (only if needed).
+        marker = f" ON {qualified} "
+        marker_only = f" ON ONLY {qualified} "
+        if marker in definition:
+            head, _, rest = definition.partition(marker)
+            ddl.append(f"{head} ON {q(table)} {rest}")
+        elif marker_only in definition:
+            head, _, rest = definition.partition(marker_only)
+            ddl.append(f"{head} ON ONLY {q(table)} {rest}")
+        else:  # pragma: no cover - unqualified already
+            ddl.append(definition)
+    copied = list(tables) if data else [t for t in tables if t == VERSION_TABLE]
+    for table in copied:
+        listed = ", ".join(inserted[table])
+        ddl.append(
+            f"INSERT INTO {q(table)} ({listed}) OVERRIDING SYSTEM VALUE "
+            f"SELECT {listed} FROM {q(source)}.{q(table)}"
+        )
+    ddl.extend(foreign)
+
+    conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": q(target)})
+    if ddl:
+        execute_ddl(conn, ";\n".join(ddl))
+    if data:
+        for name, *_rest in sequences:
+            conn.execute(
+                text(
+                    "SELECT setval(CAST(:dst AS regclass), last_value, is_called) "
+                    f"FROM {q(source)}.{q(name)}"
+                ),
+                {"dst": f"{q(target)}.{q(name)}"},
+            )
+        _copy_identity_positions(conn, source, target)
+    conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": saved})
+
+
+def _copy_identity_positions(conn: Connection, source: str, target: str) -> None:
+    """Move identity sequences of the copy to where the source's are, so new rows don't collide."""
+    rows = conn.execute(
+        text(
+            "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r' "
+            "AND a.attidentity <> '' AND NOT a.attisdropped"
+        ),
+        {"src": source},
+    ).all()
+    q = conn.dialect.identifier_preparer.quote_identifier
+    for table, column in rows:
+        src_seq = conn.execute(
+            text("SELECT pg_get_serial_sequence(:t, :c)"),
+            {"t": f"{q(source)}.{q(table)}", "c": column},
+        ).scalar()
+        dst_seq = conn.execute(
+            text("SELECT pg_get_serial_sequence(:t, :c)"),
+            {"t": f"{q(target)}.{q(table)}", "c": column},
+        ).scalar()
+        if src_seq and dst_seq:
+            conn.execute(
+                text(
+                    "SELECT setval(CAST(:dst AS regclass), s.last_value, s.is_called) "
+                    "FROM pg_sequences p, LATERAL (SELECT COALESCE(p.last_value, p.start_value) "
+                    "AS last_value, p.last_value IS NOT NULL AS is_called) s "
+                    "WHERE format('%I.%I', p.schemaname, p.sequencename) = :src"
+                ),
+                {"dst": dst_seq, "src": src_seq},
+            )
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

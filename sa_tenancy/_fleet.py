@@ -1,0 +1,103 @@
+"""The worker side of :func:`sa_tenancy.migrate.migrate_tenants`.
+
+Each worker is a fresh process (``spawn``): it imports Alembic, loads the configuration, parses
+the revision map and opens one connection **once**, in :func:`init_worker`, then migrates every
+tenant it is handed with :func:`migrate_chunk`. Paying Alembic's start-up per tenant instead is
+what makes a naive loop over ``command.upgrade`` slow; running it in threads is what makes it
+wrong (``op`` and ``context`` are process-global).
+
+The per-worker objects below are process state for the worker's whole life (an engine and a
+parsed configuration), never tenant state: the tenant is an argument of every call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import create_engine
+
+from . import _ledger
+from .migrate import TenantResult
+from .migrate import current_revision
+from .migrate import load_config
+from .migrate import upgrade_tenant
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    url: str
+    config_file: str | None
+    main_options: dict[str, str]
+    ini_section: str
+    lock_timeout: str | None
+    statement_timeout: str | None
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(settings: WorkerSettings) -> None:
+    """Load Alembic, the revision map and a one-connection engine for this worker process."""
+    from alembic.config import Config
+
+    cfg = (
+        load_config(settings.config_file)
+        if settings.config_file
+        else Config(ini_section=settings.ini_section)
+    )
+    for key, value in settings.main_options.items():
+        cfg.set_main_option(key, value.replace("%", "%%"))
+    from .migrate import _script
+
+    script = _script(cfg)
+    target = _ledger.join_revisions(script.get_heads())
+    engine = create_engine(settings.url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    _WORKER.update(cfg=cfg, target=target, engine=engine, settings=settings)
+
+
+def migrate_chunk(schemas: list[str]) -> list[TenantResult]:
+    """Migrate each of ``schemas`` in its own transaction; never raises for a tenant's failure."""
+    return [_migrate_one(schema) for schema in schemas]
+
+
+def _migrate_one(schema: str) -> TenantResult:
+    settings: WorkerSettings = _WORKER["settings"]
+    target = _WORKER["target"]
+    started = time.perf_counter()
+    result = TenantResult(schema, "failed")
+    try:
+        with _WORKER["engine"].connect() as conn, conn.begin():
+            locked = _ledger.try_lock(conn, schema)
+            if locked is None:
+                result.status, result.error = "missing", "schema no longer exists"
+            elif not locked:
+                result.status = "busy"
+            else:
+                result.before = current_revision(conn, schema)
+                if result.before == target:
+                    _ledger.set_revision(conn, schema, result.before)
+                    result.status, result.after = "current", result.before
+                else:
+                    result.after = upgrade_tenant(
+                        conn,
+                        schema,
+                        _WORKER["cfg"],
+                        lock_timeout=settings.lock_timeout,
+                        statement_timeout=settings.statement_timeout,
+                    )
+                    result.status = "migrated"
+    except Exception as error:
+        result.status = "failed"
+        result.error = _describe(error)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming the error: the first line of the database's message, not a traceback."""
+    orig = getattr(error, "orig", None)
+    message = str(orig if orig is not None else error).strip().splitlines()
+    first = message[0] if message else ""
+    return f"{type(orig if orig is not None else error).__name__}: {first}"[:300]

@@ -1,0 +1,169 @@
+"""The version ledger: one row per tenant (and spare) in a shared schema.
+
+Knowing which revision 10,000 tenants are at must not mean opening 10,000 ``alembic_version``
+tables: one backend that touches every tenant's tables keeps their catalog entries for its
+lifetime (hundreds of megabytes at that scale). So every operation that changes a tenant's
+revision (create, clone, claim, rename, migrate, drop) also writes one row of
+``sa_tenancy.tenant_versions`` **in the same transaction**; a drift report is then a single
+indexed query, and it cannot disagree with the tenants except through changes made behind the
+library's back (which ``verify`` finds, a bounded number of tenants per connection).
+
+Which schemas are tenants is still decided by the schema comment (``sa_tenancy:tenant``, or
+``sa_tenancy:spare`` for a reservoir schema not yet claimed): it travels with the schema through
+``pg_dump``/``pg_restore`` and ``ALTER SCHEMA ... RENAME``, and it cannot be forgotten by a
+ledger row that was never written. The ledger only records versions and lets claims of spare
+schemas queue with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+#: The shared schema holding the ledger; never a tenant.
+LEDGER_SCHEMA = "sa_tenancy"
+LEDGER_TABLE = "tenant_versions"
+#: Comment marking a tenant schema.
+TENANT_MARK = "sa_tenancy:tenant"
+#: Comment marking a spare (reservoir) schema, migrated like a tenant but not listed as one.
+SPARE_MARK = "sa_tenancy:spare"
+#: Comment marking a schema being dropped in batches: no longer a tenant, not yet gone.
+DROPPING_MARK = "sa_tenancy:dropping"
+#: First half of the advisory lock key space used for per-tenant locks (the second half is the
+#: schema's OID, unique in the database and stable across renames).
+LOCK_CLASS = 0x5A7E
+
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.{LEDGER_TABLE} (
+    schema_name text PRIMARY KEY,
+    revision text,
+    spare boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS tenant_versions_spare ON {LEDGER_SCHEMA}.{LEDGER_TABLE} (schema_name)
+    WHERE spare;
+"""
+
+QUALIFIED = _QUALIFIED = f"{LEDGER_SCHEMA}.{LEDGER_TABLE}"
+
+
+def ensure(conn: Connection) -> None:
+    """Create the ledger schema and table if missing, in the caller's transaction.
+
+    Cheap when they exist (one catalog lookup). Concurrent first uses are serialised by an
+    advisory lock held to the end of the caller's transaction, so two ``CREATE ... IF NOT
+    EXISTS`` never collide on the catalog's unique index.
+    """
+    if exists(conn):
+        return
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k, 1)"), {"k": LOCK_CLASS + 1})
+    execute_ddl(conn, _DDL)
+
+
+def exists(conn: Connection) -> bool:
+    return conn.execute(text("SELECT to_regclass(:t)"), {"t": _QUALIFIED}).scalar() is not None
+
+
+def record(conn: Connection, schema: str, revision: str | None, *, spare: bool = False) -> None:
+    """Upsert ``schema``'s row (in the caller's transaction)."""
+    conn.execute(
+        text(
+            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
+            "VALUES (:s, :r, :spare, now()) ON CONFLICT (schema_name) DO UPDATE "
+            "SET revision = EXCLUDED.revision, spare = EXCLUDED.spare, updated_at = now()"
+        ),
+        {"s": schema, "r": revision, "spare": spare},
+    )
+
+
+def forget(conn: Connection, schema: str) -> None:
+    conn.execute(text(f"DELETE FROM {_QUALIFIED} WHERE schema_name = :s"), {"s": schema})
+
+
+def rename(conn: Connection, old: str, new: str) -> None:
+    conn.execute(
+        text(
+            f"UPDATE {_QUALIFIED} SET schema_name = :new, updated_at = now() "
+            "WHERE schema_name = :old"
+        ),
+        {"old": old, "new": new},
+    )
+
+
+def revision_of(conn: Connection, schema: str) -> str | None:
+    return conn.execute(
+        text(f"SELECT revision FROM {_QUALIFIED} WHERE schema_name = :s"), {"s": schema}
+    ).scalar()
+
+
+def join_revisions(heads: Iterable[str]) -> str | None:
+    """One text value for a set of heads (a branched history has several): sorted, comma-joined."""
+    ordered = sorted(heads)
+    return ",".join(ordered) if ordered else None
+
+
+def marked_schemas(
+    conn: Connection, marks: Sequence[str] = (TENANT_MARK, SPARE_MARK)
+) -> list[tuple[str, str, str | None, bool]]:
+    """``(schema, mark, ledger revision, in ledger)`` for every schema carrying one of ``marks``.
+
+    One query over ``pg_namespace``/``pg_description`` and the ledger: no tenant table is opened.
+    """
+    has_ledger = exists(conn)
+    join = (
+        f"LEFT JOIN {_QUALIFIED} l ON l.schema_name = n.nspname"
+        if has_ledger
+        else "LEFT JOIN (SELECT NULL::text AS schema_name, NULL::text AS revision) l ON false"
+    )
+    rows = conn.execute(
+        text(
+            "SELECT n.nspname, d.description, l.revision, l.schema_name IS NOT NULL "
+            "FROM pg_namespace n JOIN pg_description d ON d.objoid = n.oid "
+            "AND d.classoid = 'pg_namespace'::regclass AND d.objsubid = 0 "
+            f"{join} WHERE d.description = ANY(:marks) ORDER BY n.nspname"
+        ),
+        {"marks": list(marks)},
+    )
+    return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+
+def try_lock(conn: Connection, schema: str) -> bool | None:
+    """Take the per-tenant advisory lock for this transaction without waiting.
+
+    :returns: True if taken, False if another session holds it, None if no such schema.
+    """
+    got = conn.execute(
+        text(
+            "SELECT pg_try_advisory_xact_lock(:k, "
+            "CAST(CAST(CAST(to_regnamespace(:s) AS oid) AS bigint) - 2147483648 AS integer))"
+        ),
+        {"k": LOCK_CLASS, "s": schema},
+    ).scalar()
+    return None if got is None else bool(got)
+
+
+def set_revision(conn: Connection, schema: str, revision: str | None) -> None:
+    """Record ``schema``'s new revision, keeping whether it is a spare (from its mark)."""
+    conn.execute(
+        text(
+            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
+            "VALUES (:s, :r, COALESCE(obj_description(to_regnamespace(:s), 'pg_namespace') "
+            "= :spare_mark, false), now()) ON CONFLICT (schema_name) DO UPDATE "
+            "SET revision = EXCLUDED.revision, updated_at = now()"
+        ),
+        {"s": schema, "r": revision, "spare_mark": SPARE_MARK},
+    )
+
+
+def execute_ddl(conn: Connection, statement: str) -> Any:
+    """Run SQL built from quoted identifiers and literals, with no parameters.
+
+    The driver still scans the text for ``%`` placeholders, so a ``%`` inside a quoted name,
+    default or enum label is doubled; several ``;``-separated statements go in one round trip.
+    """
+    return conn.exec_driver_sql(statement.replace("%", "%%"))

@@ -1,0 +1,360 @@
+"""The ``sa-tenancy`` command: tenant lifecycle and fleet migrations from a shell or a deploy.
+
+Exit codes are for scripts: 0 when everything asked for was done, 1 when some tenants failed
+(each one is named), 2 for a usage error, an invalid name or a database that cannot be reached.
+No traceback is shown for any of those; ``--json`` prints one JSON document on stdout.
+
+The database comes from ``--url`` or ``DATABASE_URL``. Also runnable as
+``python -m sa_tenancy.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from typing import NoReturn
+
+from sqlalchemy import create_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from . import _templates
+from . import lifecycle
+from .exc import InvalidSchemaName
+from .exc import TenancyError
+from .names import NamePolicy
+
+PROG = "sa-tenancy"
+
+
+class _UsageError(Exception):
+    """A problem with the command line or the environment: exit code 2."""
+
+
+def _fail(message: str) -> NoReturn:
+    raise _UsageError(message)
+
+
+def _url(args: argparse.Namespace) -> str:
+    url = args.url or os.environ.get("DATABASE_URL")
+    if not url:
+        _fail("no database: pass --url or set DATABASE_URL")
+    return str(url)
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    try:
+        engine = create_engine(_url(args), poolclass=NullPool)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as error:
+        _fail(f"invalid database URL: {error}")
+    try:
+        with engine.connect():
+            pass
+    except sa_exc.DBAPIError as error:
+        first = str(error.orig).strip().splitlines()
+        _fail(f"cannot connect to the database: {first[0] if first else error}")
+    return engine
+
+
+def _names(values: Sequence[str]) -> list[str]:
+    """Validate every name before anything is sent: one bad name stops the whole command."""
+    policy = NamePolicy()
+    return [policy.validate(v) for v in values]
+
+
+def _config(args: argparse.Namespace, *, required: bool) -> str | None:
+    path: str | None = args.config
+    if path is None:
+        path = "alembic.ini" if Path("alembic.ini").exists() or required else None
+    if path is not None and not Path(path).exists():
+        if required:
+            _fail(f"no Alembic configuration at {path!r}; pass --config or run alembic-init")
+        return None
+    return path
+
+
+def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _cmd_create(args: argparse.Namespace) -> int:
+    names = _names(args.names)
+    template = _names([args.clone_from])[0] if args.clone_from else None
+    metadata = _load_metadata(args.metadata) if args.metadata else None
+    config = None if template or args.claim else _config(args, required=False)
+    engine = _engine(args)
+    failed: dict[str, str] = {}
+    made = []
+    for name in names:
+        try:
+            if args.claim:
+                lifecycle.claim_tenant(engine, name)
+            elif template is not None:
+                lifecycle.clone_tenant(engine, template, name, data=args.data)
+            else:
+                lifecycle.create_tenant(engine, name, metadata=metadata, alembic_config=config)
+            made.append(name)
+        except (TenancyError, sa_exc.DBAPIError) as error:
+            failed[name] = _message(error)
+    lines = [f"created {n}" for n in made] + [f"FAILED {n}: {m}" for n, m in failed.items()]
+    _emit(args, {"created": made, "failed": failed}, lines)
+    return 1 if failed else 0
+
+
+def _load_metadata(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        _fail(f"--metadata wants MODULE:ATTRIBUTE (e.g. myapp.models:Base.metadata), not {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        value: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as error:
+        _fail(f"cannot load --metadata {spec!r}: {error}")
+    return value
+
+
+def _cmd_drop(args: argparse.Namespace) -> int:
+    names = _names(args.names)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            _fail("dropping tenants deletes their data: pass --yes to confirm")
+        listed = ", ".join(names)
+        answer = input(f"drop {len(names)} tenant(s) ({listed}) and all their data? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing dropped")
+            return 0
+    engine = _engine(args)
+    failed: dict[str, str] = {}
+    dropped = []
+    for name in names:
+        try:
+            lifecycle.drop_tenant(engine, name)
+            dropped.append(name)
+        except (TenancyError, sa_exc.DBAPIError) as error:
+            failed[name] = _message(error)
+    lines = [f"dropped {n}" for n in dropped] + [f"FAILED {n}: {m}" for n, m in failed.items()]
+    _emit(args, {"dropped": dropped, "failed": failed}, lines)
+    return 1 if failed else 0
+
+
+def _cmd_rename(args: argparse.Namespace) -> int:
+    old, new = _names([args.old, args.new])
+    engine = _engine(args)
+    try:
+        lifecycle.rename_tenant(engine, old, new)
+    except (TenancyError, sa_exc.DBAPIError) as error:
+        _emit(args, {"renamed": None, "failed": {old: _message(error)}},
+              [f"FAILED {old}: {_message(error)}"])  # fmt: skip
+        return 1
+    _emit(args, {"renamed": {old: new}, "failed": {}}, [f"renamed {old} -> {new}"])
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    names = lifecycle.list_tenants(engine)
+    if args.json:
+        print(json.dumps(names))
+    else:
+        for name in names:
+            print(name)
+    return 0
+
+
+def _cmd_alembic_init(args: argparse.Namespace) -> int:
+    target = Path(args.directory)
+    ini = target / "alembic.ini"
+    env = target / "env.py"
+    if ini.exists() or env.exists():
+        _fail(f"{target} already holds an Alembic environment; choose an empty directory")
+    (target / "versions").mkdir(parents=True, exist_ok=True)
+    ini.write_text(_templates.ALEMBIC_INI.format(ini=ini), encoding="utf-8")
+    env.write_text(_templates.ENV_PY, encoding="utf-8")
+    (target / "script.py.mako").write_text(_templates.SCRIPT_MAKO, encoding="utf-8")
+    print(f"wrote {ini}, {env}, {target / 'script.py.mako'} and {target / 'versions'}/")
+    print(f"next: alembic -c {ini} revision -m 'first'; sa-tenancy migrate --config {ini}")
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from ._progress import ProgressLine
+    from .migrate import migrate_tenants
+
+    config = _config(args, required=True)
+    assert config is not None
+    tenants = _names(args.tenant) if args.tenant else None
+    if args.jobs < 1 or args.canary < 0:
+        _fail("--jobs must be at least 1 and --canary at least 0")
+    _engine(args).dispose()  # a connection error is exit 2, before any worker starts
+    stream = sys.stderr if args.json else sys.stdout
+    progress = ProgressLine(stream, tty=stream.isatty(), label="migrate")
+    try:
+        report = migrate_tenants(
+            _url(args), config, jobs=args.jobs, tenants=tenants, canary=args.canary,
+            lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
+            progress=progress,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    summary = report.as_dict()
+    rate = (summary["migrated"] / report.seconds) if report.seconds else 0.0
+    lines = [
+        f"target {report.target}: {report.total} tenants, {summary['migrated']} migrated, "
+        f"{report.skipped + summary['current']} already at target, {summary['busy']} busy "
+        f"(another deployer), {len(report.failed)} failed, in {report.seconds:.1f}s "
+        f"({rate:.1f} tenants/s)"
+    ]
+    lines += [f"FAILED {r.schema}: {r.error}" for r in report.failed]
+    if report.stopped_by_canary:
+        lines.append(f"canary failed: stopped; {len(report.not_attempted)} tenants not attempted")
+    _emit(args, summary, lines)
+    return 0 if report.ok else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .migrate import tenant_status
+
+    config = _config(args, required=False)
+    engine = _engine(args)
+    report = tenant_status(engine, config=config, verify=args.verify)
+    lines = [
+        f"head {report.head}: {len(report.tenants)} tenants"
+        + (", verified against each tenant's alembic_version" if report.verified else "")
+    ]
+    lines += [f"  {rev}: {count}" for rev, count in report.by_revision().items()]
+    behind = report.behind
+    for row in behind[: args.limit]:
+        extra = f" (alembic_version says {row.get('actual')})" if "actual" in row else ""
+        lines.append(f"{row['state'].upper()} {row['schema']}: {row['revision']}{extra}")
+    if len(behind) > args.limit:
+        lines.append(f"... and {len(behind) - args.limit} more not current (see --json)")
+    _emit(args, report.as_dict(), lines)
+    return 0 if report.ok else 1
+
+
+def _cmd_reservoir(args: argparse.Namespace) -> int:
+    template = _names([args.clone_from])[0] if args.clone_from else None
+    metadata = _load_metadata(args.metadata) if args.metadata else None
+    config = None if template else _config(args, required=False)
+    engine = _engine(args)
+    made: list[str] = []
+    if args.fill:
+        made = lifecycle.fill_reservoir(
+            engine, args.fill, template=template, metadata=metadata, alembic_config=config
+        )
+    size = lifecycle.reservoir_size(engine)
+    _emit(args, {"added": made, "spares": size}, [f"added {len(made)} spares; {size} waiting"])
+    return 0
+
+
+def _message(error: BaseException) -> str:
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation tools and tests)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="database URL (default: $DATABASE_URL)")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Schema-per-tenant lifecycle and migrations for SQLAlchemy."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("create", parents=[common], help="create tenants")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--clone-from", metavar="TEMPLATE", help="copy this tenant's structure")
+    p.add_argument("--data", action="store_true", help="with --clone-from: copy rows too")
+    p.add_argument("--claim", action="store_true", help="claim spare schemas from the reservoir")
+    p.add_argument("--metadata", metavar="MODULE:ATTR", help="MetaData to create tables from")
+    p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_create)
+
+    p = sub.add_parser("drop", parents=[common], help="drop tenants and their data")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_drop)
+
+    p = sub.add_parser("rename", parents=[common], help="rename a tenant")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_rename)
+
+    p = sub.add_parser("list", parents=[common], help="list tenants")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("alembic-init", help="write a per-tenant Alembic environment")
+    p.add_argument("directory", metavar="DIR")
+    p.set_defaults(func=_cmd_alembic_init)
+
+    p = sub.add_parser("migrate", parents=[common], help="upgrade tenants to head")
+    p.add_argument("--config", default=None, help="alembic.ini (default: ./alembic.ini)")
+    p.add_argument("--jobs", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                   help="worker processes (default: CPU count, at most 8)")  # fmt: skip
+    p.add_argument("--tenant", nargs="+", metavar="NAME", help="only these tenants")
+    p.add_argument("--canary", type=int, default=0, metavar="N",
+                   help="migrate N tenants first; stop if any of them fails")  # fmt: skip
+    p.add_argument("--lock-timeout", default="10s", help="per tenant (default: 10s)")
+    p.add_argument("--statement-timeout", default=None, help="per tenant (default: server's)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("status", parents=[common], help="which tenant is at which revision")
+    p.add_argument("--config", default=None, help="alembic.ini, to compare with head")
+    p.add_argument("--verify", action="store_true",
+                   help="also read each tenant's alembic_version (slower)")  # fmt: skip
+    p.add_argument("--limit", type=int, default=20, help="tenants listed in plain output")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("reservoir", parents=[common], help="spare pre-built schemas")
+    p.add_argument("--fill", type=int, default=0, metavar="N", help="add N spares")
+    p.add_argument("--clone-from", metavar="TEMPLATE", help="build spares as copies of this")
+    p.add_argument("--metadata", metavar="MODULE:ATTR", help="MetaData to create tables from")
+    p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_reservoir)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 some tenants failed, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (_UsageError, InvalidSchemaName) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except sa_exc.OperationalError as error:
+        print(f"{PROG}: error: database error: {_message(error)}", file=sys.stderr)
+        return 2
+    except TenancyError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; rerun to resume (finished tenants are skipped)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
