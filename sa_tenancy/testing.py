@@ -24,6 +24,20 @@ Fixtures: ``pg_url``, ``pg_engine`` (``pool_size=1``, so the next checkout is th
 connection), ``pg_tenants`` (make tenant schemas), and ``mysql_url``, ``mysql_engine``,
 ``mysql_tenants``. Tests that use them are marked ``pg`` / ``mysql`` automatically, so
 ``-m "not pg and not mysql"`` is a fast run without servers.
+
+The isolation conformance kit: ``tenancy_conformance(SessionLocal, [Model, ...])`` makes two
+tenant schemas with the models' tables (identical primary keys, decoys in ``public``) and runs
+:func:`sa_tenancy.conformance.check_isolation` against *your* session factory and models:
+commit, rollback, database error, ``AUTOCOMMIT`` engine and async sessions, all on a
+``pool_size=1`` engine. It fails the test with a message naming what leaked::
+
+    # conftest.py of your project (or: pytest -p sa_tenancy.testing)
+    pytest_plugins = ["sa_tenancy.testing"]
+
+    def test_tenants_are_isolated(tenancy_conformance, pg_url):
+        SessionLocal = sessionmaker(create_engine(pg_url))
+        sa_tenancy.install(SessionLocal)
+        tenancy_conformance(SessionLocal, [Customer, Order])
 """
 
 from __future__ import annotations
@@ -31,8 +45,10 @@ from __future__ import annotations
 import configparser
 import os
 import uuid
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -47,6 +63,8 @@ from sqlalchemy.engine import Engine
 
 from ._cluster import Cluster
 from ._cluster import find_pg_bin
+from .conformance import ConformanceReport
+from .conformance import check_isolation
 
 __all__ = ["DatabaseUnavailable", "TenantFactory", "unique_name", "url_for_driver"]
 
@@ -253,7 +271,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
-_PG_FIXTURES = {"pg_url", "pg_engine", "pg_tenants"}
+_PG_FIXTURES = {"pg_url", "pg_engine", "pg_tenants", "tenancy_conformance"}
 _MYSQL_FIXTURES = {"mysql_url", "mysql_engine", "mysql_tenants"}
 
 
@@ -406,3 +424,22 @@ def server_default_search_path(engine: Engine) -> str:
     """``SHOW search_path`` on a fresh checkout of ``engine``: what a pooled user would see."""
     with engine.connect() as conn:
         return str(conn.execute(text("SHOW search_path")).scalar())
+
+
+@pytest.fixture
+def tenancy_conformance(pg_url: str, pg_tenants: TenantFactory) -> Callable[..., ConformanceReport]:
+    """``tenancy_conformance(factory, models, **options)``: the isolation conformance check.
+
+    Makes two empty tenant schemas with the tables of ``models`` (and marked decoy rows in
+    ``public``), then runs :func:`sa_tenancy.conformance.check_isolation` with ``url=pg_url``.
+    Options are passed on (``make_row=``, ``async_factory=``, ``info_key=``, ...). Returns the
+    report; raises :class:`~sa_tenancy.conformance.IsolationFailure` on any leak.
+    """
+
+    def check(factory: Any, models: Sequence[type[Any]], **options: Any) -> ConformanceReport:
+        metadata = models[0].metadata
+        a, b = pg_tenants(metadata, 2)
+        options.setdefault("url", pg_url)
+        return check_isolation(factory, models, tenants=(a, b), **options)
+
+    return check
