@@ -533,8 +533,11 @@ class Faults(threading.Thread):
 
 def _verify(url: str, tenants: list[str], workers: list[Worker]) -> dict[str, Any]:
     ledger: dict[tuple[str, int], object] = {}
+    by_tenant: dict[str, list[tuple[int, object]]] = {}
     for worker in workers:
         ledger.update(worker.ledger)
+    for (tenant, key), state in ledger.items():
+        by_tenant.setdefault(tenant, []).append((key, state))
     engine = create_engine(url, poolclass=None)
     lost: list[str] = []
     misplaced: list[str] = []
@@ -552,9 +555,7 @@ def _verify(url: str, tenants: list[str], workers: list[Worker]) -> dict[str, An
                         misplaced.append(f"{schema}.{key} holds a row of {owner!r}")
                     elif key > SEEDED and (schema, key) not in ledger:
                         misplaced.append(f"{schema}.{key} was never written to this tenant")
-                for (tenant, key), state in ledger.items():
-                    if tenant != schema:
-                        continue
+                for key, state in by_tenant.get(schema, []):
                     found: object = rows[key][1] if key in rows else ABSENT
                     if isinstance(state, Unknown):
                         unknown_resolved["new" if found == state.states[-1] else "old"] += 1
