@@ -42,6 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -725,6 +726,44 @@ def _report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verify_cost(url: str, *, n: int, repeat: int) -> list[_harness.Measurement]:
+    """Cost of :func:`sa_tenancy.verify_checkin`: tenant session transactions (one primary-key
+    read each) on a plain engine and on an engine with the leak detector, interleaved."""
+    tenant = f"verify_{uuid.uuid4().hex[:8]}"
+    setup = create_engine(url, poolclass=None)
+    sa_tenancy.create_tenant(setup, tenant, metadata=Base.metadata)
+    with setup.begin() as conn:
+        mapped = conn.execution_options(schema_translate_map={None: tenant})
+        mapped.execute(insert(Item), [{"id": 1, "tenant": tenant, "value": 1}])
+        conn.execution_options(schema_translate_map=None)
+    engines = {
+        "plain": create_engine(url, pool_size=1, max_overflow=0),
+        "verify_checkin": create_engine(url, pool_size=1, max_overflow=0),
+    }
+    detector = sa_tenancy.verify_checkin(engines["verify_checkin"])
+    candidates: dict[str, Callable[[int], object]] = {}
+    for name, engine in engines.items():
+        factory = sessionmaker(engine)
+        sa_tenancy.install(factory, strategy="search_path")
+
+        def one_run(count: int, factory: sessionmaker[Session] = factory) -> None:
+            for _ in range(count):
+                with factory(info={"schema": tenant}) as session:
+                    session.get(Item, 1)
+                    session.commit()
+
+        candidates[name] = one_run
+    try:
+        measured = _harness.compare(candidates, baseline="plain", n=n, repeat=repeat)
+        measured[-1].extra = {"checked_in": detector.checked, "leaks": len(detector.leaks)}
+        return measured
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+        sa_tenancy.drop_tenant(setup, tenant)
+        setup.dispose()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks stress", description=__doc__.split("\n\n")[0]
@@ -753,7 +792,24 @@ def main(argv: list[str]) -> int:
         "instead of sa_tenancy's; the run must FAIL",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    parser.add_argument(
+        "--verify-cost",
+        action="store_true",
+        help="instead of the stress run: time session transactions with and without "
+        "sa_tenancy.verify_checkin (on --dburl, default the local server)",
+    )
+    parser.add_argument("--verify-n", type=int, default=500, help="transactions per sample")
     args = parser.parse_args(argv)
+    if args.verify_cost:
+        env = _harness.environment(args.dburl or _harness.DEFAULT_URL)
+        with _harness.scratch_database(args.dburl or _harness.DEFAULT_URL) as scratch:
+            measured = verify_cost(scratch, n=args.verify_n, repeat=7)
+        print(_harness.format_environment(env))
+        print(_harness.format_table("verify_checkin cost per session transaction", measured))
+        print(f"verified check-ins: {measured[-1].extra}")
+        if args.json:
+            _harness.write_json(args.json, env=env, results=measured)
+        return 0
     if args.ops < 1 or args.tenants < 2 or args.threads < 1 or args.tasks < 1:
         parser.error("--ops >= 1, --tenants >= 2, --threads >= 1, --tasks >= 1")
 
