@@ -117,15 +117,17 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
         tables.setdefault(table, []).append(" ".join(parts))
         if generated != "s":
             inserted.setdefault(table, []).append(q(col))
+    foreign: list[str] = []
+    for table, name, kind, definition in constraints:
+        if kind == "f":  # after every table (and its rows) exists
+            foreign.append(f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} {definition}")
+        else:  # inline: one CREATE TABLE instead of a CREATE and an ALTER per constraint
+            tables.setdefault(table, []).append(f"CONSTRAINT {q(name)} {definition}")
     for table, cols in tables.items():
         ddl.append(f"CREATE TABLE {q(table)} ({', '.join(cols)})")
     for _name, _typ, _i, _lo, _hi, _s, _c, _cy, owner_table, owner_col in sequences:
         if owner_table is not None:
             ddl.append(f"ALTER SEQUENCE {q(_name)} OWNED BY {q(owner_table)}.{q(owner_col)}")
-    foreign: list[str] = []
-    for table, name, kind, definition in constraints:
-        statement = f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} {definition}"
-        (foreign if kind == "f" else ddl).append(statement)
     for table, definition, qualified in indexes:
         # pg_get_indexdef always qualifies the table, quoted by quote_ident (only if needed).
         marker = f" ON {qualified} "

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import create_engine
+from sqlalchemy import text
 
 from . import _ledger
 from .migrate import TenantResult
-from .migrate import current_revision
 from .migrate import load_config
 from .migrate import upgrade_tenant
 
@@ -53,7 +53,9 @@ def init_worker(settings: WorkerSettings) -> None:
 
     script = _script(cfg)
     target = _ledger.join_revisions(script.get_heads())
-    engine = create_engine(settings.url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    # No pre-ping: it would cost a round trip per tenant; a broken connection fails one tenant
+    # and is replaced for the next.
+    engine = create_engine(settings.url, pool_size=1, max_overflow=0)
     _WORKER.update(cfg=cfg, target=target, engine=engine, settings=settings)
 
 
@@ -69,13 +71,24 @@ def _migrate_one(schema: str) -> TenantResult:
     result = TenantResult(schema, "failed")
     try:
         with _WORKER["engine"].connect() as conn, conn.begin():
-            locked = _ledger.try_lock(conn, schema)
+            # Lock and look in one round trip: at thousands of tenants, round trips are the cost.
+            q = conn.dialect.identifier_preparer.quote_identifier
+            locked, versioned = conn.execute(
+                text(f"SELECT {_ledger.TRY_LOCK}, to_regclass(:table) IS NOT NULL"),
+                {"lock_schema": schema, "table": f"{q(schema)}.alembic_version"},
+            ).one()
             if locked is None:
                 result.status, result.error = "missing", "schema no longer exists"
             elif not locked:
                 result.status = "busy"
             else:
-                result.before = current_revision(conn, schema)
+                if versioned:
+                    result.before = _ledger.join_revisions(
+                        r[0]
+                        for r in _ledger.execute_ddl(
+                            conn, f"SELECT version_num FROM {q(schema)}.alembic_version"
+                        )
+                    )
                 if result.before == target:
                     _ledger.set_revision(conn, schema, result.before)
                     result.status, result.after = "current", result.before
@@ -86,7 +99,9 @@ def _migrate_one(schema: str) -> TenantResult:
                         _WORKER["cfg"],
                         lock_timeout=settings.lock_timeout,
                         statement_timeout=settings.statement_timeout,
+                        record=False,
                     )
+                    _ledger.set_revision(conn, schema, result.after)
                     result.status = "migrated"
     except Exception as error:
         result.status = "failed"

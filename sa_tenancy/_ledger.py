@@ -132,18 +132,20 @@ def marked_schemas(
     return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
 
+#: SQL expression taking the per-tenant lock named by the ``:lock_schema`` parameter; NULL if
+#: there is no such schema. The OID (unsigned) is shifted into the signed int4 range.
+TRY_LOCK = (
+    f"pg_try_advisory_xact_lock({LOCK_CLASS}, CAST(CAST(CAST(to_regnamespace(:lock_schema) "
+    "AS oid) AS bigint) - 2147483648 AS integer))"
+)
+
+
 def try_lock(conn: Connection, schema: str) -> bool | None:
     """Take the per-tenant advisory lock for this transaction without waiting.
 
     :returns: True if taken, False if another session holds it, None if no such schema.
     """
-    got = conn.execute(
-        text(
-            "SELECT pg_try_advisory_xact_lock(:k, "
-            "CAST(CAST(CAST(to_regnamespace(:s) AS oid) AS bigint) - 2147483648 AS integer))"
-        ),
-        {"k": LOCK_CLASS, "s": schema},
-    ).scalar()
+    got = conn.execute(text(f"SELECT {TRY_LOCK}"), {"lock_schema": schema}).scalar()
     return None if got is None else bool(got)
 
 

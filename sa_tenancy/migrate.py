@@ -145,6 +145,19 @@ def _leave(conn: Connection, saved: str) -> None:
     conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": saved})
 
 
+def _leave_and_read(conn: Connection, schema: str, saved: str) -> str | None:
+    """Put the ``search_path`` back and read the tenant's revision, in one round trip."""
+    q = conn.dialect.identifier_preparer.quote_identifier
+    versions = conn.execute(
+        text(
+            "SELECT set_config('search_path', :p, true), "
+            f"ARRAY(SELECT version_num FROM {q(schema)}.alembic_version)"
+        ),
+        {"p": saved},
+    ).one()[1]
+    return _ledger.join_revisions(versions)
+
+
 def run_tenant_migrations(
     context: EnvironmentContext, *, target_metadata: Any = None, **configure_kwargs: Any
 ) -> None:
@@ -259,8 +272,7 @@ def upgrade_tenant(
     finally:
         cfg.attributes.pop(CONNECTION_KEY, None)
         cfg.attributes.pop(SCHEMA_KEY, None)
-    _leave(conn, saved)
-    after = current_revision(conn, schema)
+    after = _leave_and_read(conn, schema, saved)
     if record:
         _ledger.ensure(conn)
         _ledger.set_revision(conn, schema, after)

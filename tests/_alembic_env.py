@@ -156,3 +156,14 @@ def ledger(engine: Engine) -> dict[str, str | None]:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT schema_name, revision FROM sa_tenancy.tenant_versions"))
         return {r[0]: r[1] for r in rows}
+
+
+def make_fleet(engine: Engine, ini: Path, count: int, prefix: str = "f") -> list[str]:
+    """``count`` tenants at the env's current head: one built by migrations, the rest cloned."""
+    import sa_tenancy
+
+    names = [f"{prefix}_{i:04d}" for i in range(count)]
+    sa_tenancy.create_tenant(engine, names[0], alembic_config=ini)
+    for name in names[1:]:
+        sa_tenancy.clone_tenant(engine, names[0], name)
+    return names
