@@ -5,7 +5,10 @@ absolute times drift from minute to minute, so a number only means something nex
 baseline measured between the same two ticks of the clock. :func:`compare` therefore runs the
 candidates interleaved (A B C, B C A, C A B, ... rotating the start so no candidate always runs
 first after a pause), repeats that ``repeat`` times, and reports for each candidate the median,
-min and max time per operation and the ratio of its median to the baseline's median.
+min and max time per operation and the ratio of its median to the baseline's median. Two more
+figures resist a machine whose load changes during the run: the *paired* ratio, the median over
+rounds of (candidate ÷ baseline in the same round), and the ratio of this process's CPU time
+per operation (client work only: server time and waiting on the network do not count).
 
 The stable API used by the suites:
 
@@ -66,6 +69,9 @@ class Measurement:
     samples: list[float]
     baseline: str
     ratio: float = 1.0
+    paired: float = 1.0  # median over rounds of this / baseline in the same round
+    cpu: list[float] = field(default_factory=list)  # process CPU seconds per operation
+    cpu_ratio: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,6 +90,10 @@ class Measurement:
         data = asdict(self)
         data.update(median=self.median, min=self.min, max=self.max)
         return data
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else 0.0
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, n: int, repeat: int = 7) -> None:
@@ -151,35 +161,54 @@ def compare(
         for name in names:
             candidates[name](n)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     started = time.perf_counter()
     for round_ in range(repeat):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             candidates[name](n)
             samples[name].append((time.perf_counter() - t0) / n)
+            cpu[name].append((time.process_time() - c0) / n)
         if budget is not None and time.perf_counter() - started > budget:
             break
     base = statistics.median(samples[baseline])
-    return [
-        Measurement(name, samples[name], baseline, statistics.median(samples[name]) / base)
-        for name in names
-    ]
+    base_cpu = statistics.median(cpu[baseline]) or 1e-12
+    result = []
+    for name in names:
+        paired = [a / b for a, b in zip(samples[name], samples[baseline], strict=True)]
+        result.append(
+            Measurement(
+                name,
+                samples[name],
+                baseline,
+                ratio=statistics.median(samples[name]) / base,
+                paired=statistics.median(paired),
+                cpu=cpu[name],
+                cpu_ratio=statistics.median(cpu[name]) / base_cpu,
+            )
+        )
+    return result
 
 
 def format_table(title: str, measurements: list[Measurement], *, unit: str = "µs") -> str:
-    """A Markdown table: candidate, median, min, max (per operation) and ratio to baseline."""
+    """A Markdown table: median, min, max per operation; ratios to the baseline.
+
+    ``ratio``: median ÷ baseline median; ``paired``: median of same-round ratios; ``cpu``: ratio
+    of client CPU time per operation.
+    """
     scale = {"µs": 1e6, "ms": 1e3, "s": 1.0}[unit]
     lines = [
         f"**{title}**",
         "",
-        f"| candidate | median {unit} | min {unit} | max {unit} | ratio |",
-        "|---|---:|---:|---:|---:|",
+        f"| candidate | median {unit} | min {unit} | max {unit} | ratio | paired | cpu |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         lines.append(
             f"| {m.name} | {m.median * scale:.1f} | {m.min * scale:.1f} | "
-            f"{m.max * scale:.1f} | {m.ratio:.3f} |"
+            f"{m.max * scale:.1f} | {m.ratio:.3f} | {m.paired:.3f} | {m.cpu_ratio:.3f} |"
         )
     return "\n".join(lines)
 

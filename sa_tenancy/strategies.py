@@ -12,8 +12,11 @@ Two strategies ship with the library:
     ``SET LOCAL``, on PostgreSQL. Every statement of the transaction sees the tenant, raw
     ``text()`` SQL included. The server forgets the setting at ``COMMIT`` or ``ROLLBACK``, so a
     pooled connection (or a PgBouncer server connection in transaction mode) never keeps it. The
-    same round trip checks that the schema exists and is usable, because PostgreSQL silently
-    skips a missing schema on the path and would read ``public`` instead.
+    same statement checks that the schema exists and is usable, because PostgreSQL silently
+    skips a missing schema on the path and would read ``public`` instead. With psycopg 3 the
+    path (as ``SET LOCAL``) and the check travel in the same message as the transaction's
+    ``BEGIN``, so a tenant transaction needs no more round trips than a plain one (see
+    :func:`begin_with_path_sql`).
 
 :class:`TranslateMap`
     ``connection.execution_options(schema_translate_map={None: schema})`` in place. SQLAlchemy
@@ -21,16 +24,22 @@ Two strategies ship with the library:
     metadata: queries, flushes, lazy loads, refreshes. No round trip and no server state, and it
     works on PostgreSQL, MySQL/MariaDB and SQLite. SQLAlchemy cannot rewrite raw SQL, so raw SQL
     in a tenant transaction is refused (:class:`~sa_tenancy.RawSQLRefused`) unless explicitly
-    allowed.
+    allowed. The refusal is a dialect-level ``do_execute`` hook rather than a
+    ``before_cursor_execute`` engine event: engine events make SQLAlchemy dispatch half a dozen
+    hooks around every statement of every connection, a dialect hook costs one loop per
+    statement.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import weakref
 from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
+from typing import NoReturn
 from typing import Protocol
 from typing import runtime_checkable
 
@@ -38,6 +47,7 @@ from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import TextClause
 
 from .exc import RawSQLRefused
@@ -77,13 +87,15 @@ class Strategy(Protocol):
         """Make ``connection`` serve ``schema`` for the current transaction."""
 
 
-# One statement, one round trip: set the transaction-local path and report whether the schema
-# exists and may be used. to_regnamespace() takes an identifier (so the quoted form is passed:
-# "Acme" must not be folded to acme); it returns NULL instead of raising for a missing schema.
-_SET_PATH = text(
-    "SELECT set_config('search_path', :path, true), "
+# One statement: set the transaction-local path and report whether the schema exists and may be
+# used. to_regnamespace() takes an identifier (so the quoted form is passed: "Acme" must not be
+# folded to acme); it returns NULL instead of raising for a missing schema.
+_CHECK_SQL = (
     "n IS NOT NULL, coalesce(has_schema_privilege(n, 'USAGE'), false) "
-    "FROM (SELECT to_regnamespace(CAST(:schema AS text)) AS n) AS tenant"
+    "FROM (SELECT to_regnamespace(CAST({schema} AS text)) AS n) AS tenant"
+)
+_SET_PATH = text(
+    "SELECT set_config('search_path', :path, true), " + _CHECK_SQL.format(schema=":schema")
 )
 
 
@@ -93,11 +105,18 @@ class SearchPath:
     :param extra_schemas: schemas searched after the tenant, e.g. ``("public",)`` when extension
         types such as ``citext`` live in ``public``. Never added implicitly: a tenant table must
         not silently resolve to a same-named table in a shared schema.
-    :param check_exists: confirm, in the same round trip, that the schema exists and the role
+    :param check_exists: confirm, in the same statement, that the schema exists and the role
         may use it; raise :class:`~sa_tenancy.UnknownSchema` otherwise. Leave it on.
 
     The path ends with ``pg_temp``: PostgreSQL otherwise searches temporary tables *first*, and
     a temporary table named like a tenant table would shadow it.
+
+    On psycopg 3 (sync and async) the path and the check travel in one message with the
+    transaction's ``BEGIN``, which psycopg would otherwise send on its own before the first
+    statement: a tenant transaction takes exactly as many round trips as a plain one. Other
+    drivers (asyncpg, whose SQLAlchemy adapter opens its transaction itself) run
+    ``set_config`` as a statement of its own at the start of the transaction: one round trip
+    more.
 
     .. warning::
        ``SET LOCAL`` does nothing outside a transaction block. On an ``AUTOCOMMIT`` connection
@@ -122,21 +141,30 @@ class SearchPath:
     def apply(self, connection: Connection, schema: str | None) -> None:
         if schema is None:
             return
-        if connection.dialect.name != "postgresql":
+        dialect = connection.dialect
+        if dialect.name != "postgresql":
             raise TenancyError(
-                f"the search_path strategy needs PostgreSQL, not {connection.dialect.name}; "
+                f"the search_path strategy needs PostgreSQL, not {dialect.name}; "
                 "use strategy='translate_map' on this database"
             )
-        if getattr(connection.connection.dbapi_connection, "autocommit", False):
+        pooled = connection.connection
+        if getattr(pooled.dbapi_connection, "autocommit", False):
             raise TenancyError(
                 "the search_path strategy cannot work on an AUTOCOMMIT connection: SET LOCAL "
                 "would end with each statement and queries would read the default schema. "
                 "Use a transactional engine for tenant sessions, or strategy='translate_map'."
             )
-        quoted = quote_schema(connection.dialect, schema)
-        _, exists, usable = connection.execute(
-            _SET_PATH, {"path": self.search_path(connection, schema), "schema": quoted}
-        ).one()
+        path = self.search_path(connection, schema)
+        quoted = quote_schema(dialect, schema)
+        if dialect.driver == "psycopg":
+            current = _begin_with_path(
+                connection, pooled.driver_connection, path, check=self.check_exists
+            )
+            if current is not _NOT_SENT and (current == schema or not self.check_exists):
+                return
+            # Not sent (a transaction is already open on the server), or the tenant is not the
+            # first usable schema of the path: the statement below applies it, or says why not.
+        _, exists, usable = connection.execute(_SET_PATH, {"path": path, "schema": quoted}).one()
         if self.check_exists and not exists:
             raise UnknownSchema(
                 f"schema {schema!r} does not exist; create the tenant first "
@@ -152,18 +180,171 @@ class SearchPath:
         return f"SearchPath(extra_schemas={self.extra_schemas!r})"
 
 
-def _refuse_raw_sql(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    """``before_cursor_execute`` guard: no untranslatable SQL in a translate-map tenant transaction.
+# -- psycopg: the path travels with BEGIN ---------------------------------------------------------
+#
+# psycopg 3 sends its own BEGIN, as a separate round trip, just before the first statement of a
+# transaction (when the connection is idle and not in autocommit). A tenant transaction would
+# pay a round trip for BEGIN, one for set_config, then its work; a plain one only BEGIN and its
+# work. Instead, when the connection is idle, we send ONE simple-query message first:
+#
+#     BEGIN <psycopg's own options>; SET LOCAL search_path TO "acme", pg_temp;
+#     SELECT current_schema()
+#
+# The server opens the transaction, sets the path and answers in one round trip; psycopg then
+# sees the connection in a transaction and sends no BEGIN of its own; COMMIT and ROLLBACK stay
+# psycopg's. PgBouncer in transaction mode pins the server connection from that message on,
+# exactly as for psycopg's own BEGIN.
+
+_NOT_SENT = object()
+
+
+@functools.lru_cache(maxsize=64)
+def _begin_statement(
+    isolation_level: int | None, read_only: bool | None, deferrable: bool | None
+) -> str:
+    """The ``BEGIN`` psycopg would send for these connection attributes (same wording).
+
+    Rebuilt from the public attributes rather than read from psycopg's private cache, so an
+    isolation level or read-only mode set by SQLAlchemy is always honoured.
+    """
+    parts = ["BEGIN"]
+    if isolation_level is not None:
+        from psycopg import IsolationLevel
+
+        parts.append("ISOLATION LEVEL " + IsolationLevel(isolation_level).name.replace("_", " "))
+    if read_only is not None:
+        parts.append("READ ONLY" if read_only else "READ WRITE")
+    if deferrable is not None:
+        parts.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
+    return " ".join(parts)
+
+
+def begin_with_path_sql(begin: str, path: str, *, check: bool = True) -> str:
+    """The one message that opens a tenant transaction: ``BEGIN``, ``SET LOCAL``, the check.
+
+    A simple-query message (the only kind that may hold several statements) cannot carry bound
+    parameters. ``SET LOCAL`` needs none: its value is a list of *identifiers*, and ``path`` is
+    made only of validated schema names quoted by the dialect's ``identifier_preparer`` (plus
+    ``pg_temp``), the same quoting every DDL statement of the library uses. No string literal is
+    built, so there is no literal escaping to get right (``standard_conforming_strings``,
+    client encodings), and ``SET LOCAL`` is what ``set_config(..., true)`` does, minus a
+    ``SELECT``: about half the server time.
+
+    ``current_schema()`` is the first schema of the path that exists *and* on which the role
+    has ``USAGE``: it equals the tenant exactly when the tenant passes both checks.
+    """
+    statement = f"{begin}; SET LOCAL search_path TO {path}"
+    return statement + "; SELECT current_schema()" if check else statement
+
+
+def _begin_with_path(
+    connection: Connection, driver_connection: Any, path: str, *, check: bool
+) -> object:
+    """Open the transaction and set ``path`` in one round trip; return ``current_schema()``.
+
+    Returns ``_NOT_SENT``, having sent nothing, when the trick does not apply: the server
+    already has a transaction open (a session joining an outer transaction), the connection is
+    in pipeline mode, or the statement cannot be encoded for the connection. The caller then
+    sets the path inside the transaction with an ordinary statement, which also reports any
+    error the usual way.
+    """
+    pgconn = getattr(driver_connection, "pgconn", None)
+    # 0 is psycopg.pq.TransactionStatus.IDLE and PipelineStatus.OFF
+    if pgconn is None or pgconn.transaction_status != 0 or pgconn.pipeline_status != 0:
+        return _NOT_SENT
+    begin = _begin_statement(
+        driver_connection.isolation_level,
+        driver_connection.read_only,
+        driver_connection.deferrable,
+    )
+    statement = begin_with_path_sql(begin, path, check=check)
+    try:
+        data = statement.encode(driver_connection.info.encoding)
+    except UnicodeEncodeError:
+        return _NOT_SENT
+    _announce(connection, "before_cursor_execute", statement)
+    try:
+        if connection.dialect.is_async:
+            from sqlalchemy.util import await_only
+
+            results = await_only(_send_async(driver_connection, data))
+        else:
+            results = _send_sync(driver_connection, data)
+    except Exception as error:
+        _raise_dbapi(connection, driver_connection, statement, error)
+    for result in results:
+        if result.status not in (1, 2):  # psycopg.pq.ExecStatus.COMMAND_OK, TUPLES_OK
+            from psycopg import errors
+
+            failure = errors.error_from_result(result, encoding=driver_connection.info.encoding)
+            _raise_dbapi(connection, driver_connection, statement, failure)
+    _announce(connection, "after_cursor_execute", statement)
+    if not check:
+        return None
+    value = results[-1].get_value(0, 0)
+    return None if value is None else bytes(value).decode(driver_connection.info.encoding)
+
+
+def _send_sync(conn: Any, statement: bytes) -> Any:
+    from psycopg import generators
+
+    with conn.lock:
+        conn.pgconn.send_query(statement)
+        return conn.wait(generators.execute(conn.pgconn))
+
+
+async def _send_async(conn: Any, statement: bytes) -> Any:
+    from psycopg import generators
+
+    async with conn.lock:
+        conn.pgconn.send_query(statement)
+        return await conn.wait(generators.execute(conn.pgconn))
+
+
+def _raise_dbapi(
+    connection: Connection, driver_connection: Any, statement: str, error: Exception
+) -> NoReturn:
+    """Raise ``error`` as SQLAlchemy would have: wrapped, invalidating a broken connection."""
+    import psycopg
+
+    if not isinstance(error, psycopg.Error):
+        raise error
+    broken = driver_connection.pgconn.status != 0  # psycopg.pq.ConnStatus.OK
+    if broken:
+        connection.invalidate(error)
+    raise DBAPIError.instance(
+        statement,
+        None,
+        error,
+        psycopg.Error,
+        connection_invalidated=broken,
+        dialect=connection.dialect,
+    ) from error
+
+
+def _announce(connection: Connection, hook: str, statement: str) -> None:
+    """Show a statement sent beside SQLAlchemy to its cursor hooks and its echo log.
+
+    Listeners and ``echo=True`` would otherwise never see how the tenant was applied. The
+    hooks get ``context=None``, as for the statements SQLAlchemy itself runs outside an
+    execution context (sequences, defaults).
+    """
+    listeners = getattr(connection.dispatch, hook)
+    if listeners:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            listeners(connection, cursor, statement, {}, None, False)
+        finally:
+            cursor.close()
+    if hook == "before_cursor_execute" and connection.engine.logger.isEnabledFor(logging.INFO):
+        connection.engine.logger.info("%s", statement)
+
+
+def _refuse_raw_sql(statement: str, context: Any) -> None:
+    """No untranslatable SQL in a translate-map tenant transaction.
 
     It acts only on connections that a :class:`TranslateMap` marked for a tenant; every other
-    connection of the engine pays one dictionary lookup.
+    statement of the engine pays one dictionary lookup.
     """
     if context is None:
         return
@@ -181,6 +362,26 @@ def _refuse_raw_sql(
         f"execution_options({ALLOW_RAW_SQL}=True) (or install(..., allow_raw_sql=True)). "
         f"Statement: {statement[:200]!r}"
     )
+
+
+# The guard as DialectEvents hooks: they run just before the DBAPI call, inside SQLAlchemy's
+# error handling (so the transaction stays usable after a refusal), and returning None lets the
+# dialect execute as usual.
+
+
+def _guard_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+    _refuse_raw_sql(statement, context)
+
+
+def _guard_execute_no_params(cursor: Any, statement: str, context: Any) -> None:
+    _refuse_raw_sql(statement, context)
+
+
+_GUARDS = (
+    ("do_execute", _guard_execute),
+    ("do_execute_no_params", _guard_execute_no_params),
+    ("do_executemany", _guard_execute),
+)
 
 
 class TranslateMap:
@@ -250,14 +451,16 @@ class TranslateMap:
             self._guard(connection.engine)
 
     def _guard(self, engine: Engine) -> None:
-        # An OptionEngine (engine.execution_options(...)) shares its parent's listeners; guard
+        # An OptionEngine (engine.execution_options(...)) shares its parent's dialect; guard
         # the parent once instead of every short-lived proxy.
         root: Engine = getattr(engine, "_proxied", engine)
         if root in self._guarded:
             return
         with self._lock:
-            if not event.contains(root, "before_cursor_execute", _refuse_raw_sql):
-                event.listen(root, "before_cursor_execute", _refuse_raw_sql)
+            for name, fn in _GUARDS:
+                if not event.contains(root, name, fn):
+                    # insert=True: before any hook that executes the statement itself
+                    event.listen(root, name, fn, insert=True)
             self._guarded.add(root)
 
     def __repr__(self) -> str:

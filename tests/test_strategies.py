@@ -112,12 +112,17 @@ def test_no_leak_after_backend_killed(SessionLocal, pg_engine, pg_url, two_tenan
 # -- search_path ----------------------------------------------------------------------------------
 
 
+def same_path(quoted):
+    """``quoted`` as set by set_config(), and as SET LOCAL shows it (quotes only where needed)."""
+    return {quoted, quoted.replace('"', "")}
+
+
 def test_search_path_inside_the_transaction(pg_engine, two_tenants):
     factory = sessionmaker(pg_engine)
     sa_tenancy.install(factory, strategy="search_path")
     with factory(info={"schema": two_tenants[0]}) as session:
         path = session.execute(text("SHOW search_path")).scalar()
-        assert path == f'"{two_tenants[0]}", pg_temp'
+        assert path in same_path(f'"{two_tenants[0]}", pg_temp')
         # raw SQL follows the tenant too
         session.execute(text("INSERT INTO notes (id, body) VALUES (1, 'raw')"))
         session.commit()
@@ -200,7 +205,7 @@ def test_extra_schemas_come_after_the_tenant(pg_engine, two_tenants):
     sa_tenancy.install(factory, strategy="search_path", extra_schemas=["public"])
     with factory(info={"schema": two_tenants[0]}) as session:
         path = session.execute(text("SHOW search_path")).scalar()
-        assert path == f'"{two_tenants[0]}", "public", pg_temp'
+        assert path in same_path(f'"{two_tenants[0]}", "public", pg_temp')
         assert session.scalars(select(Note.body)).all() == []  # tenant first, not public
 
 
@@ -346,3 +351,196 @@ def test_tenant_tables_are_created_in_the_tenant_schema(pg_tenants, pg_engine):
         )
     assert tables == ["authors", "books", "notes"]
     assert server_default_search_path(pg_engine) == DEFAULT_PATH
+
+
+# -- search_path: no extra round trip (psycopg) ---------------------------------------------------
+
+
+class ProtocolTrace:
+    """libpq's protocol trace of one psycopg connection: what went over the wire."""
+
+    def __init__(self, driver_connection, tmp_path):
+        from psycopg import pq
+
+        self.pgconn = driver_connection.pgconn
+        self.path = tmp_path / f"trace-{id(self)}.txt"
+        self.file = open(self.path, "w")  # noqa: SIM115 - closed in stop()
+        self.pgconn.trace(self.file.fileno())
+        self.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def stop(self):
+        self.pgconn.untrace()
+        self.file.close()
+        lines = self.path.read_text().splitlines()
+        self.round_trips = sum(line.split("\t")[2:3] == ["ReadyForQuery"] for line in lines)
+        self.sent = [line.split("\t")[2].split()[0] for line in lines if "\tF\t" in line]
+        return self
+
+
+def traced_transaction(engine, factory, info, work, tmp_path):
+    with engine.connect() as conn:  # the single pooled connection the session will get
+        trace = ProtocolTrace(conn.connection.driver_connection, tmp_path)
+    try:
+        with factory(info=info) as session:
+            work(session)
+    finally:
+        trace.stop()
+    return trace
+
+
+def read_and_write(session):
+    session.add(Note(id=1, body="one"))
+    session.commit()
+    assert session.scalars(select(Note.body)).all() == ["one"]
+    session.rollback()
+
+
+@pytest.mark.parametrize("strategy", ["search_path", "translate_map"])
+def test_a_tenant_transaction_takes_as_many_round_trips_as_a_plain_one(
+    pg_url, two_tenants, strategy, tmp_path
+):
+    plain_engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    tenant_engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    with plain_engine.begin() as conn:
+        conn.execute(text("DELETE FROM notes"))  # the decoy; the plain session writes public
+    plain = sessionmaker(plain_engine)
+    tenants = sessionmaker(tenant_engine)
+    sa_tenancy.install(tenants, strategy=strategy)
+    try:
+        for engine in (plain_engine, tenant_engine):  # connect (and initialize) untraced
+            with engine.connect():
+                pass
+        base = traced_transaction(plain_engine, plain, {}, read_and_write, tmp_path)
+        tenant = traced_transaction(
+            tenant_engine, tenants, {"schema": two_tenants[0]}, read_and_write, tmp_path
+        )
+        # psycopg: BEGIN, INSERT, COMMIT, BEGIN, SELECT, ROLLBACK; the tenant's path and its
+        # check travel with each BEGIN (search_path) or inside each statement (translate_map)
+        assert base.round_trips == 6
+        assert tenant.round_trips == base.round_trips
+        assert tenant.sent.count("Query") == base.sent.count("Query")
+        with tenant_engine.connect() as conn:
+            assert (
+                conn.execute(text(f'SELECT body FROM "{two_tenants[0]}".notes')).scalar() == "one"
+            )
+    finally:
+        plain_engine.dispose()
+        tenant_engine.dispose()
+
+
+def test_async_psycopg_tenant_transaction_adds_no_round_trip(pg_url, two_tenants, tmp_path):
+    pytest.importorskip("greenlet", reason="async support needs sa_tenancy[asyncio] (greenlet)")
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from sa_tenancy.testing import url_for_driver
+
+    async def traced(factory, engine, info):
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            trace = ProtocolTrace(raw.driver_connection, tmp_path)
+        try:
+            async with factory(info=info) as session:
+                rows = (await session.scalars(select(Note.body))).all()
+        finally:
+            trace.stop()
+        return trace, rows
+
+    async def main():
+        url = url_for_driver(pg_url, "psycopg_async")
+        plain_engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        tenant_engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        tenants = async_sessionmaker(tenant_engine)
+        sa_tenancy.install(tenants, strategy="search_path")
+        try:
+            base, rows = await traced(async_sessionmaker(plain_engine), plain_engine, {})
+            assert rows == [DECOY]
+            tenant, rows = await traced(tenants, tenant_engine, {"schema": two_tenants[0]})
+            assert rows == []
+            assert base.round_trips == tenant.round_trips == 3  # BEGIN, SELECT, ROLLBACK
+        finally:
+            await plain_engine.dispose()
+            await tenant_engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_search_path_keeps_the_transaction_options(pg_url, two_tenants):
+    """BEGIN is ours, not psycopg's: it must carry the same isolation and access mode."""
+    engine = create_engine(
+        pg_url, isolation_level="SERIALIZABLE", pool_size=1, max_overflow=0
+    ).execution_options(postgresql_readonly=True, postgresql_deferrable=True)
+    factory = sessionmaker(engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    try:
+        with factory(info={"schema": two_tenants[0]}) as session:
+            settings = session.execute(
+                text(
+                    "SELECT current_setting('transaction_isolation'), "
+                    "current_setting('transaction_read_only'), "
+                    "current_setting('transaction_deferrable'), current_schema()"
+                )
+            ).one()
+            assert tuple(settings) == ("serializable", "on", "on", two_tenants[0])
+            with pytest.raises(DBAPIError, match="read-only transaction"):
+                session.add(Note(id=1, body="x"))
+                session.flush()
+    finally:
+        engine.dispose()
+
+
+def test_search_path_inside_an_open_transaction(pg_engine, two_tenants):
+    """A session joining a transaction the server already has open sets the path in it."""
+    with pg_engine.connect() as conn:
+        conn.execute(text("SELECT 1"))  # the server transaction is open now
+        factory = sessionmaker(bind=conn, join_transaction_mode="create_savepoint")
+        sa_tenancy.install(factory, strategy="search_path")
+        with factory(info={"schema": two_tenants[1]}) as session:
+            session.add(Note(id=1, body="joined"))
+            session.flush()
+            assert session.execute(text("SELECT current_schema()")).scalar() == two_tenants[1]
+            assert session.scalars(select(Note.body)).all() == ["joined"]
+        with factory(info={"schema": unique_name("missing")}) as session:
+            with pytest.raises(UnknownSchema, match="does not exist"):
+                session.execute(select(Note)).all()
+        conn.rollback()
+    assert server_default_search_path(pg_engine) == DEFAULT_PATH
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Mixed Case", 'dq"uote', "sq'uote", "back\\slash", "semi;colon -- x", "ünïcødé"],
+)
+def test_search_path_with_names_that_need_quoting(pg_engine, pg_tenants, name):
+    """Names a widened policy allows reach the server as themselves, never as SQL."""
+    (tenant,) = pg_tenants(tenant_metadata, names=[unique_name(name)])
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path", names=lambda n: True)
+    with factory(info={"schema": tenant}) as session:
+        session.add(Note(id=1, body=tenant))
+        session.commit()
+        assert session.execute(text("SELECT current_schema()")).scalar() == tenant
+        assert session.execute(text("SELECT body FROM notes")).scalar() == tenant
+    with pg_engine.connect() as conn:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(tenant)
+        assert conn.exec_driver_sql(f"SELECT body FROM {quoted}.notes").scalar() == tenant
+        assert conn.exec_driver_sql("SELECT body FROM notes").scalars().all() == [DECOY]
+    assert server_default_search_path(pg_engine) == DEFAULT_PATH
+
+
+def test_search_path_when_the_idle_backend_died(SessionLocal, pg_engine, pg_url, two_tenants):
+    """The first message of the transaction fails: a DBAPIError, and the pool recovers."""
+    pid = backend_pid(pg_engine)
+    killer = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with killer.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    killer.dispose()
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        with pytest.raises(DBAPIError) as caught:
+            session.execute(select(Note)).all()
+        assert caught.value.connection_invalidated
+    with SessionLocal(info={"schema": two_tenants[0]}) as session:
+        assert session.scalars(select(Note.body)).all() == []
+    assert_clean_checkout(pg_engine)
