@@ -29,7 +29,6 @@ from . import _templates
 from . import lifecycle
 from .exc import InvalidSchemaName
 from .exc import TenancyError
-from .names import NamePolicy
 
 PROG = "sa-tenancy"
 
@@ -65,8 +64,7 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 def _names(values: Sequence[str]) -> list[str]:
     """Validate every name before anything is sent: one bad name stops the whole command."""
-    policy = NamePolicy()
-    return [policy.validate(v) for v in values]
+    return [lifecycle._validate(v, None) for v in values]
 
 
 def _config(args: argparse.Namespace, *, required: bool) -> str | None:

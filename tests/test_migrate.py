@@ -134,8 +134,7 @@ def test_resume_after_an_interrupted_run(fleet_url, fleet_engine, tmp_path):
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            done = sum(1 for v in ledger(fleet_engine).values() if v == "r2")
-            if done >= 4:
+            if sum(1 for v in ledger(fleet_engine).values() if v == "r2") >= 4:
                 break
             time.sleep(0.05)
     finally:
