@@ -463,29 +463,41 @@ def claim_tenant(bind: Engine, schema: str, *, names: NamePolicy | None = None) 
     schema = _validate(schema, names)
     _pg_only(bind, "claim_tenant")
     table = f"{_ledger.LEDGER_SCHEMA}.{_ledger.LEDGER_TABLE}"
+    empty = "the reservoir is empty: call fill_reservoir() (or create_tenant()) first"
+    # Four round trips in all (BEGIN, take a spare, rename + mark + record, COMMIT): a signup
+    # pays for these and nothing else.
     with bind.begin() as conn:
-        if not _ledger.exists(conn):
-            raise ReservoirEmpty("the reservoir is empty: call fill_reservoir() first")
-        row = conn.execute(
-            text(
-                f"DELETE FROM {table} WHERE schema_name = (SELECT schema_name FROM {table} "
-                "WHERE spare ORDER BY schema_name LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                "RETURNING schema_name, revision"
-            )
-        ).first()
+        try:
+            row = conn.execute(
+                text(
+                    f"DELETE FROM {table} WHERE schema_name = (SELECT schema_name "
+                    f"FROM {table} WHERE spare ORDER BY schema_name LIMIT 1 "
+                    "FOR UPDATE SKIP LOCKED) RETURNING schema_name, revision"
+                )
+            ).first()
+        except sa_exc.ProgrammingError as error:
+            # A database that never had a reservoir has no ledger table at all.
+            if getattr(error.orig, "sqlstate", None) == "42P01":  # undefined_table
+                raise ReservoirEmpty(empty) from None
+            raise
         if row is None:
-            raise ReservoirEmpty(
-                "the reservoir is empty: call fill_reservoir() (or create_tenant()) first"
-            )
+            raise ReservoirEmpty(empty)
         q = conn.dialect.identifier_preparer.quote_identifier
+        revision = "NULL" if row[1] is None else _literal(row[1])
         with _duplicate_is_tenancy_error(schema):
             _ledger.execute_ddl(
                 conn,
                 f"ALTER SCHEMA {q(row[0])} RENAME TO {q(schema)}; "
-                f"COMMENT ON SCHEMA {q(schema)} IS '{TENANT_MARK}'",
+                f"COMMENT ON SCHEMA {q(schema)} IS '{TENANT_MARK}'; "
+                f"INSERT INTO {table} (schema_name, revision) "
+                f"VALUES ({_literal(schema)}, {revision})",
             )
-        _ledger.record(conn, schema, row[1])
     return schema
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (``standard_conforming_strings``: only quotes need doubling)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _create_tables(conn: Connection, schema: str, metadata: MetaData) -> None:

@@ -28,9 +28,13 @@ from sa_tenancy import _ledger
 from sa_tenancy import lifecycle
 from sa_tenancy.testing import unique_name
 
+from . import _alembic_env
 from ._alembic_env import ledger
 from ._alembic_env import write_env
 from .models import tenant_metadata
+
+fleet_url = _alembic_env.fleet_url
+fleet_engine = _alembic_env.fleet_engine
 
 
 @pytest.fixture
@@ -361,3 +365,10 @@ def test_write_env_helper_makes_a_loadable_config(tmp_path: Path):
     from sa_tenancy.migrate import head_revision
 
     assert head_revision(ini) == "r2"
+
+
+def test_claim_from_a_database_that_never_had_a_reservoir(fleet_engine):
+    with pytest.raises(sa_tenancy.ReservoirEmpty):
+        sa_tenancy.claim_tenant(fleet_engine, "first")
+    assert sa_tenancy.list_tenants(fleet_engine) == []
+    assert sa_tenancy.reservoir_size(fleet_engine) == 0
