@@ -105,7 +105,7 @@ def test_missing_tenant_is_400(client, two_tenants, statements, pg_engine):
 
 
 @pytest.mark.parametrize("name", HOSTILE)
-def test_invalid_name_is_400_before_any_sql(client, two_tenants, statements, name):
+def test_invalid_name_is_400_before_any_sql(client, statements, name):
     response = get(client, name)
     assert response.status_code == 400
     assert response.json() == {"detail": "invalid tenant name"}
