@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -223,3 +225,24 @@ def test_for_each_tenant_rejects_bad_arguments(factory, engine):
             for_each_tenant(unbound, add_own_note)
         finally:
             installation.uninstall()
+
+
+def test_progress_line_is_rewritten_in_place_on_a_terminal(factory, two_tenants):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    for_each_tenant(factory, add_own_note, tenants=two_tenants, jobs=1, progress=out)
+    assert out.getvalue().startswith("\rtenants ")
+    assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
+
+
+def test_integrations_package_imports_no_framework():
+    code = (
+        "import sys, sa_tenancy, sa_tenancy.integrations, sa_tenancy.integrations.workers\n"
+        "loaded = {'fastapi', 'starlette', 'flask', 'django', 'ninja'} & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
