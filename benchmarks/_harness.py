@@ -232,6 +232,7 @@ def environment(url: str | None = None) -> dict[str, Any]:
         "sqlalchemy": _version("sqlalchemy"),
         "psycopg": _version("psycopg"),
         "asyncpg": _version("asyncpg"),
+        "load average (1 min)": round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None,
     }
     if url is not None:
         engine = create_engine(url, poolclass=None)

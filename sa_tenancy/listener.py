@@ -123,9 +123,10 @@ class Installation:
             # statement run against the default schema.
             connection.invalidate()
             raise
-        info[STATE_KEY] = _State(transaction, raw, _FAILED, loaded)
+        # Marked failed until the strategy returns: an exception leaves it so.
+        info[STATE_KEY] = state = _State(transaction, raw, _FAILED, loaded)
         self.strategy.apply(connection, schema)
-        info[STATE_KEY] = _State(transaction, raw, schema, schema)
+        state.schema = state.loaded = schema
 
     def _schema_for(self, raw: object) -> str | None:
         if raw is None:
