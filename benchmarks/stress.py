@@ -489,10 +489,12 @@ class Faults(threading.Thread):
         interval: float,
         cluster: Cluster | None,
         stop: threading.Event,
+        progress: float = 0.0,
     ) -> None:
         super().__init__(name="faults", daemon=True)
         self.url, self.app, self.budget, self.interval = url, app, budget, interval
         self.cluster, self.stop = cluster, stop
+        self.progress = progress
         self.counts: Counter[str] = Counter()
         self.errors: list[str] = []
         self.rng = random.Random(7)
@@ -503,7 +505,17 @@ class Faults(threading.Thread):
         )
         restarted = self.cluster is None
         try:
+            started = last = time.monotonic()
             while not self.stop.wait(self.interval):
+                now = time.monotonic()
+                if self.progress and now - last >= self.progress:
+                    last = now
+                    print(
+                        f"[{now - started:7.0f} s] {self.budget.started:,} of "
+                        f"{self.budget.total:,} ops started; faults {dict(self.counts)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if not restarted and self.budget.started >= self.budget.total // 2:
                     assert self.cluster is not None
                     self.cluster.restart("fast")
@@ -620,6 +632,7 @@ def run(args: argparse.Namespace, url: str, cluster: Cluster | None) -> dict[str
         interval=args.kill_interval,
         cluster=cluster,
         stop=stop,
+        progress=args.progress,
     )
 
     def async_main() -> None:
@@ -783,6 +796,9 @@ def main(argv: list[str]) -> int:
         "--kill-interval", type=float, default=0.25, help="seconds between backend kills"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--progress", type=float, default=0.0, metavar="SECONDS", help="print progress to stderr"
+    )
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     parser.add_argument("--keep", action="store_true", help="keep the tenant schemas")
     parser.add_argument(
