@@ -20,9 +20,11 @@ from sqlalchemy import create_engine
 from sqlalchemy import text
 
 from . import _ledger
+from .migrate import ENTER_SQL
 from .migrate import TenantResult
+from .migrate import enter_params
 from .migrate import load_config
-from .migrate import upgrade_tenant
+from .migrate import run_upgrade
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,11 @@ def init_worker(settings: WorkerSettings) -> None:
         cfg.set_main_option(key, value.replace("%", "%%"))
     from .migrate import _script
 
-    script = _script(cfg)
-    target = _ledger.join_revisions(script.get_heads())
+    _script(cfg).get_heads()  # parse every revision file now, once for this worker
     # No pre-ping: it would cost a round trip per tenant; a broken connection fails one tenant
     # and is replaced for the next.
     engine = create_engine(settings.url, pool_size=1, max_overflow=0)
-    _WORKER.update(cfg=cfg, target=target, engine=engine, settings=settings)
+    _WORKER.update(cfg=cfg, engine=engine, settings=settings)
 
 
 def migrate_chunk(schemas: list[str]) -> list[TenantResult]:
@@ -65,44 +66,30 @@ def migrate_chunk(schemas: list[str]) -> list[TenantResult]:
 
 
 def _migrate_one(schema: str) -> TenantResult:
+    """One tenant, one transaction, and as few round trips as possible.
+
+    Lock, ``search_path`` and timeouts go in one statement; Alembic reads and writes the
+    version table itself; the ledger row is copied from it in one more. Compared with raw SQL
+    (set the path, ``ALTER``, update the version) that is Alembic's own version-table check
+    and one ledger write more per tenant.
+    """
     settings: WorkerSettings = _WORKER["settings"]
-    target = _WORKER["target"]
     started = time.perf_counter()
     result = TenantResult(schema, "failed")
     try:
         with _WORKER["engine"].connect() as conn, conn.begin():
-            # Lock and look in one round trip: at thousands of tenants, round trips are the cost.
-            q = conn.dialect.identifier_preparer.quote_identifier
-            locked, versioned = conn.execute(
-                text(f"SELECT {_ledger.TRY_LOCK}, to_regclass(:table) IS NOT NULL"),
-                {"lock_schema": schema, "table": f"{q(schema)}.alembic_version"},
-            ).one()
+            params = enter_params(conn, schema, settings.lock_timeout, settings.statement_timeout)
+            locked = conn.execute(
+                text(f"SELECT {_ledger.TRY_LOCK}, {ENTER_SQL}"), {**params, "lock_schema": schema}
+            ).scalar()
             if locked is None:
                 result.status, result.error = "missing", "schema no longer exists"
             elif not locked:
                 result.status = "busy"
             else:
-                if versioned:
-                    result.before = _ledger.join_revisions(
-                        r[0]
-                        for r in _ledger.execute_ddl(
-                            conn, f"SELECT version_num FROM {q(schema)}.alembic_version"
-                        )
-                    )
-                if result.before == target:
-                    _ledger.set_revision(conn, schema, result.before)
-                    result.status, result.after = "current", result.before
-                else:
-                    result.after = upgrade_tenant(
-                        conn,
-                        schema,
-                        _WORKER["cfg"],
-                        lock_timeout=settings.lock_timeout,
-                        statement_timeout=settings.statement_timeout,
-                        record=False,
-                    )
-                    _ledger.set_revision(conn, schema, result.after)
-                    result.status = "migrated"
+                applied = run_upgrade(conn, schema, _WORKER["cfg"])
+                result.after = _ledger.record_from_table(conn, schema)
+                result.status = "migrated" if applied else "current"
     except Exception as error:
         result.status = "failed"
         result.error = _describe(error)

@@ -169,3 +169,22 @@ def execute_ddl(conn: Connection, statement: str) -> Any:
     default or enum label is doubled; several ``;``-separated statements go in one round trip.
     """
     return conn.exec_driver_sql(statement.replace("%", "%%"))
+
+
+def record_from_table(conn: Connection, schema: str) -> str | None:
+    """Copy ``schema.alembic_version`` into its ledger row in one statement; return it.
+
+    The value is formatted as :func:`join_revisions` does (sorted, comma-joined, NULL if none).
+    """
+    quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+    return conn.execute(
+        text(
+            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
+            "SELECT :s, NULLIF(array_to_string(ARRAY(SELECT version_num FROM "
+            f"{quoted}.alembic_version ORDER BY version_num COLLATE \"C\"), ','), ''), "
+            "COALESCE(obj_description(to_regnamespace(:s), 'pg_namespace') = :spare_mark, "
+            "false), now() ON CONFLICT (schema_name) DO UPDATE "
+            "SET revision = EXCLUDED.revision, updated_at = now() RETURNING revision"
+        ),
+        {"s": schema, "spare_mark": SPARE_MARK},
+    ).scalar()

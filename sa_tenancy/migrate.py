@@ -76,6 +76,7 @@ __all__ = [
 CONNECTION_KEY = "connection"
 SCHEMA_KEY = "sa_tenancy.schema"
 _SCRIPT_KEY = "sa_tenancy.script"
+_APPLIED_KEY = "sa_tenancy.applied"
 _DEFAULT_POLICY = NamePolicy()
 
 
@@ -128,17 +129,27 @@ def _enter(
     """Point the transaction at ``schema`` (and set timeouts); return the previous search_path."""
     if not conn.in_transaction():
         raise TenancyError("a tenant migration needs a connection inside a transaction")
-    q = conn.dialect.identifier_preparer.quote_identifier
     saved = conn.execute(
-        text(
-            "SELECT current_setting('search_path'), set_config('search_path', :path, true), "
-            "set_config('lock_timeout', COALESCE(:lt, current_setting('lock_timeout')), true), "
-            "set_config('statement_timeout', "
-            "COALESCE(:st, current_setting('statement_timeout')), true)"
-        ),
-        {"path": q(schema), "lt": lock_timeout, "st": statement_timeout},
+        text(f"SELECT current_setting('search_path'), {ENTER_SQL}"),
+        enter_params(conn, schema, lock_timeout, statement_timeout),
     ).scalar()
     return str(saved)
+
+
+#: Select-list that points a transaction at the ``:path`` schema and sets its timeouts
+#: (``:lt``/``:st``; NULL keeps the current value), all transaction-scoped.
+ENTER_SQL = (
+    "set_config('search_path', :path, true), "
+    "set_config('lock_timeout', COALESCE(:lt, current_setting('lock_timeout')), true), "
+    "set_config('statement_timeout', COALESCE(:st, current_setting('statement_timeout')), true)"
+)
+
+
+def enter_params(
+    conn: Connection, schema: str, lock_timeout: str | None, statement_timeout: str | None
+) -> dict[str, Any]:
+    q = conn.dialect.identifier_preparer.quote_identifier
+    return {"path": q(schema), "lt": lock_timeout, "st": statement_timeout}
 
 
 def _leave(conn: Connection, saved: str) -> None:
@@ -216,6 +227,18 @@ def _configure_and_run(
     target_metadata: Any,
     configure_kwargs: dict[str, Any],
 ) -> None:
+    applied = context.config.attributes.get(_APPLIED_KEY)
+    if applied is not None:
+        # Count the steps Alembic applies, so the fleet runner can tell "migrated" from
+        # "already current" without reading the version table itself.
+        user_hook = configure_kwargs.pop("on_version_apply", None)
+
+        def on_version_apply(**kw: Any) -> None:
+            applied.append(kw["step"].up_revision_id)
+            if user_hook is not None:
+                user_hook(**kw)
+
+        configure_kwargs["on_version_apply"] = on_version_apply
     context.configure(
         connection=conn,
         target_metadata=target_metadata,
@@ -251,18 +274,33 @@ def upgrade_tenant(
 
     :returns: the tenant's revision afterwards.
     """
-    from alembic.runtime.environment import EnvironmentContext
-
     schema = _DEFAULT_POLICY.validate(schema)
     cfg = load_config(config)
+    saved = _enter(conn, schema, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+    run_upgrade(conn, schema, cfg, revision)
+    after = _leave_and_read(conn, schema, saved)
+    if record:
+        _ledger.ensure(conn)
+        _ledger.set_revision(conn, schema, after)
+    return after
+
+
+def run_upgrade(conn: Connection, schema: str, cfg: Config, revision: str = "heads") -> list[str]:
+    """Run ``env.py`` for ``schema`` on ``conn``, whose transaction already points at it.
+
+    :returns: the revisions Alembic applied (empty if the tenant was already there).
+    """
+    from alembic.runtime.environment import EnvironmentContext
+
     script = _script(cfg)
 
     def upgrade(rev: Any, context: Any) -> Any:
         return script._upgrade_revs(revision, rev)
 
-    saved = _enter(conn, schema, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+    applied: list[str] = []
     cfg.attributes[CONNECTION_KEY] = conn
     cfg.attributes[SCHEMA_KEY] = schema
+    cfg.attributes[_APPLIED_KEY] = applied
     try:
         with EnvironmentContext(
             cfg, script, fn=upgrade, as_sql=False, starting_rev=None,
@@ -270,13 +308,9 @@ def upgrade_tenant(
         ):  # fmt: skip
             script.run_env()
     finally:
-        cfg.attributes.pop(CONNECTION_KEY, None)
-        cfg.attributes.pop(SCHEMA_KEY, None)
-    after = _leave_and_read(conn, schema, saved)
-    if record:
-        _ledger.ensure(conn)
-        _ledger.set_revision(conn, schema, after)
-    return after
+        for key in (CONNECTION_KEY, SCHEMA_KEY, _APPLIED_KEY):
+            cfg.attributes.pop(key, None)
+    return applied
 
 
 def stamp_tenant(conn: Connection, schema: str, config: AlembicConfig) -> str | None:
@@ -418,7 +452,9 @@ def migrate_tenants(
             todo.append(schema)
     report.total = report.skipped + len(todo) + len(report.results)
     if todo:
-        _run_pool(url=rendered, cfg=cfg, todo=todo, jobs=jobs, canary=canary, report=report,
+        before = {schema: known[schema][0] for schema in todo}
+        _run_pool(url=rendered, cfg=cfg, todo=todo, before=before, jobs=jobs, canary=canary,
+                  report=report,
                   options={"lock_timeout": lock_timeout, "statement_timeout": statement_timeout},
                   progress=progress, started=started)  # fmt: skip
     report.seconds = time.monotonic() - started
@@ -430,6 +466,7 @@ def _run_pool(
     url: str,
     cfg: Config,
     todo: list[str],
+    before: dict[str, str | None],
     jobs: int,
     canary: int,
     report: FleetReport,
@@ -480,6 +517,8 @@ def _run_pool(
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     results = future.result()
+                    for r in results:
+                        r.before = before.get(r.schema)
                     report.results.extend(results)
                     done += len(results)
                     failures += sum(1 for r in results if r.status == "failed")
