@@ -279,8 +279,13 @@ def test_validate_refuses_or_returns_the_same_plain_str(value):
 # -- against PostgreSQL: refused before SQL, or round-trips -----------------------------------
 
 
+def _known_search_path_bug(name: str) -> bool:
+    """Names the search_path strategy mishandles today; each has a strict xfail test below."""
+    return "%" in name or name == "$user"
+
+
 @settings(PROFILE, max_examples=DB_EXAMPLES)
-@given(name=NAMES)
+@given(name=NAMES.filter(lambda n: not _known_search_path_bug(n)))
 def test_text_names_refused_before_sql_or_round_trip(rig, name):
     for policy_name, policy in (("default", DEFAULT), ("wide", WIDE)):
         if _classify(policy, name) is None:
@@ -345,3 +350,55 @@ def test_huge_name_is_refused_quickly(rig):
 @pytest.mark.parametrize("name", ["a\ud800", "\udfff", "t_\udc80x"])
 def test_lone_surrogates_are_refused_before_sql(rig, name):
     rig.refused_before_sql(name, "wide")
+
+
+def _make_schema(rig: Rig, name: str, body: str) -> None:
+    with rig.engine.begin() as conn:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+        conn.exec_driver_sql(f"CREATE SCHEMA {quoted}")
+        mapped = conn.execution_options(schema_translate_map={None: name})
+        tenant_metadata.tables["notes"].create(mapped)
+        mapped.execute(tenant_metadata.tables["notes"].insert().values(id=1, body=body))
+        conn.execution_options(schema_translate_map=None)
+
+
+def _drop_schema(rig: Rig, name: str) -> None:
+    with rig.engine.begin() as conn:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(name)
+        conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SearchPath binds quote_schema()'s output as a value, and SQLAlchemy's psycopg "
+    "preparer doubles '%' for pyformat SQL text: tenant '%' checks and sets schema '%%'. "
+    "Fix in strategies.py: quote the bound values without percent doubling",
+)
+def test_percent_in_a_widened_name_reads_its_own_schema(rig):
+    _make_schema(rig, "%", "percent")
+    _make_schema(rig, "%%", "double-percent")
+    try:
+        with rig.factories[("wide", "search_path")](info={"schema": "%"}) as session:
+            assert session.scalars(select(Note.body)).all() == ["percent"]
+    finally:
+        _drop_schema(rig, "%")
+        _drop_schema(rig, "%%")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="'$user' is accepted by a widened policy, but on a search_path '\"$user\"' is the "
+    "magic entry for the role's own schema: tenant '$user' reads the schema named after the "
+    "role. Fix: refuse '$user' in names.py or SearchPath",
+)
+def test_dollar_user_reads_its_own_schema(rig):
+    with rig.engine.connect() as conn:
+        role = str(conn.execute(text("SELECT current_user")).scalar())
+    _make_schema(rig, "$user", "dollar-user")
+    _make_schema(rig, role, "role-schema")
+    try:
+        with rig.factories[("wide", "search_path")](info={"schema": "$user"}) as session:
+            assert session.scalars(select(Note.body)).all() == ["dollar-user"]
+    finally:
+        _drop_schema(rig, "$user")
+        _drop_schema(rig, role)
