@@ -26,7 +26,7 @@ VERSION_TABLE = "alembic_version"
 _ENUMS = """
 SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)
 FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
-WHERE t.typnamespace = to_regnamespace(:src) GROUP BY t.typname ORDER BY t.typname
+WHERE t.typnamespace = to_regnamespace(quote_ident(:src)) GROUP BY t.typname ORDER BY t.typname
 """
 
 _SEQUENCES = """
@@ -37,7 +37,7 @@ LEFT JOIN pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
      AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
 LEFT JOIN pg_class ot ON ot.oid = d.refobjid
 LEFT JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'S'
+WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'S'
   AND (d.deptype IS NULL OR d.deptype = 'a')
 ORDER BY c.relname
 """
@@ -51,14 +51,14 @@ FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
-WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r'
+WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'r'
 ORDER BY c.relname, a.attnum
 """
 
 _CONSTRAINTS = """
 SELECT c.relname, k.conname, k.contype, pg_get_constraintdef(k.oid)
 FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r'
+WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'r'
   AND k.contype IN ('p', 'u', 'c', 'x', 'f')
 ORDER BY k.contype = 'f', c.relname, k.conname
 """
@@ -66,7 +66,7 @@ ORDER BY k.contype = 'f', c.relname, k.conname
 _INDEXES = """
 SELECT c.relname, pg_get_indexdef(i.indexrelid), format('%I.%I', CAST(:src AS text), c.relname)
 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r'
+WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'r'
   AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid
                   AND k.conrelid = i.indrelid)
 ORDER BY c.relname, i.indexrelid
@@ -170,7 +170,7 @@ def _copy_identity_positions(conn: Connection, source: str, target: str) -> None
     rows = conn.execute(
         text(
             "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-            "WHERE c.relnamespace = to_regnamespace(:src) AND c.relkind = 'r' "
+            "WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'r' "
             "AND a.attidentity <> '' AND NOT a.attisdropped"
         ),
         {"src": source},

@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Engine
 
 from . import _ledger
 from .migrate import ENTER_SQL
@@ -57,7 +59,38 @@ def init_worker(settings: WorkerSettings) -> None:
     # No pre-ping: it would cost a round trip per tenant; a broken connection fails one tenant
     # and is replaced for the next.
     engine = create_engine(settings.url, pool_size=1, max_overflow=0)
+    _use_indexed_has_table(engine)
     _WORKER.update(cfg=cfg, engine=engine, settings=settings)
+
+
+def _use_indexed_has_table(engine: Engine) -> None:
+    """Make this worker engine's ``has_table`` use the catalog's (name, schema) index.
+
+    Alembic checks for the version table with the dialect's ``has_table`` before every tenant.
+    SQLAlchemy's PostgreSQL query compares ``nspname`` with a ``VARCHAR`` (no index), so it
+    walks every table named ``alembic_version`` in the database, one per tenant, and joins
+    each with a scan of ``pg_namespace``: the check grows with the fleet. This engine belongs
+    to the worker process alone, so the replacement touches nothing else.
+    """
+    dialect = engine.dialect
+    original = dialect.has_table
+
+    def has_table(
+        connection: Connection, table_name: str, schema: str | None = None, **kw: Any
+    ) -> bool:
+        if schema is None:
+            return bool(original(connection, table_name, schema, **kw))
+        found = connection.execute(
+            text(
+                "SELECT 1 FROM pg_catalog.pg_class WHERE relname = CAST(:t AS name) "
+                "AND relnamespace = to_regnamespace(quote_ident(:s)) "
+                "AND relkind = ANY (ARRAY['r', 'p', 'f', 'v', 'm']::\"char\"[])"
+            ),
+            {"t": table_name, "s": schema},
+        ).first()
+        return found is not None
+
+    dialect.has_table = has_table  # type: ignore[method-assign]
 
 
 def migrate_chunk(schemas: list[str]) -> list[TenantResult]:

@@ -135,8 +135,8 @@ def marked_schemas(
 #: SQL expression taking the per-tenant lock named by the ``:lock_schema`` parameter; NULL if
 #: there is no such schema. The OID (unsigned) is shifted into the signed int4 range.
 TRY_LOCK = (
-    f"pg_try_advisory_xact_lock({LOCK_CLASS}, CAST(CAST(CAST(to_regnamespace(:lock_schema) "
-    "AS oid) AS bigint) - 2147483648 AS integer))"
+    f"pg_try_advisory_xact_lock({LOCK_CLASS}, CAST(CAST(CAST("
+    "to_regnamespace(quote_ident(:lock_schema)) AS oid) AS bigint) - 2147483648 AS integer))"
 )
 
 
@@ -154,8 +154,8 @@ def set_revision(conn: Connection, schema: str, revision: str | None) -> None:
     conn.execute(
         text(
             f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
-            "VALUES (:s, :r, COALESCE(obj_description(to_regnamespace(:s), 'pg_namespace') "
-            "= :spare_mark, false), now()) ON CONFLICT (schema_name) DO UPDATE "
+            "VALUES (:s, :r, COALESCE(obj_description(to_regnamespace(quote_ident(:s)), "
+            "'pg_namespace') = :spare_mark, false), now()) ON CONFLICT (schema_name) DO UPDATE "
             "SET revision = EXCLUDED.revision, updated_at = now()"
         ),
         {"s": schema, "r": revision, "spare_mark": SPARE_MARK},
@@ -182,8 +182,8 @@ def record_from_table(conn: Connection, schema: str) -> str | None:
             f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
             "SELECT :s, NULLIF(array_to_string(ARRAY(SELECT version_num FROM "
             f"{quoted}.alembic_version ORDER BY version_num COLLATE \"C\"), ','), ''), "
-            "COALESCE(obj_description(to_regnamespace(:s), 'pg_namespace') = :spare_mark, "
-            "false), now() ON CONFLICT (schema_name) DO UPDATE "
+            "COALESCE(obj_description(to_regnamespace(quote_ident(:s)), 'pg_namespace') "
+            "= :spare_mark, false), now() ON CONFLICT (schema_name) DO UPDATE "
             "SET revision = EXCLUDED.revision, updated_at = now() RETURNING revision"
         ),
         {"s": schema, "spare_mark": SPARE_MARK},

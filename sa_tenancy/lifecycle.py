@@ -102,7 +102,8 @@ def _pg_only(bind: Engine, what: str) -> None:
 
 def _mark(conn: Connection, schema: str) -> str | None:
     return conn.execute(
-        text("SELECT obj_description(to_regnamespace(:s), 'pg_namespace')"), {"s": schema}
+        text("SELECT obj_description(to_regnamespace(quote_ident(:s)), 'pg_namespace')"),
+        {"s": schema},
     ).scalar()
 
 
@@ -145,7 +146,9 @@ def _build(
         if _mark(conn, template) not in (TENANT_MARK, SPARE_MARK):
             raise UnknownSchema(f"template {template!r} is not a tenant; nothing was created")
         clone_structure(conn, template, schema, data=data)
-        revision = _ledger.revision_of(conn, template)
+        from .migrate import current_revision  # no Alembic import: it reads one table
+
+        revision = current_revision(conn, schema)
     elif metadata is not None:
         _create_tables(conn, schema, metadata)
         if alembic_config is not None:
@@ -377,7 +380,10 @@ def _drop_pg(bind: Engine, schema: str, batch_size: int) -> None:
         if _ledger.try_lock(conn, schema) is False:
             raise TenancyError(f"tenant {schema!r} is being migrated; retry when that is done")
         objects = conn.execute(
-            text("SELECT count(*) FROM pg_class WHERE relnamespace = to_regnamespace(:s)"),
+            text(
+                "SELECT count(*) FROM pg_class "
+                "WHERE relnamespace = to_regnamespace(quote_ident(:s))"
+            ),
             {"s": schema},
         ).scalar_one()
         if _ledger.exists(conn):
@@ -391,7 +397,7 @@ def _drop_pg(bind: Engine, schema: str, batch_size: int) -> None:
             rows = conn.execute(
                 text(
                     "SELECT relname, relkind FROM pg_class WHERE relnamespace = "
-                    "to_regnamespace(:s) AND relkind IN ('r', 'p', 'v', 'm', 'f') "
+                    "to_regnamespace(quote_ident(:s)) AND relkind IN ('r', 'p', 'v', 'm', 'f') "
                     "ORDER BY relname LIMIT :n"
                 ),
                 {"s": schema, "n": batch_size},
@@ -502,9 +508,15 @@ def _literal(value: str) -> str:
 
 def _create_tables(conn: Connection, schema: str, metadata: MetaData) -> None:
     # Connection.execution_options() changes the connection in place: undo it afterwards.
+    # checkfirst=False: the schema was created in this transaction, so nothing can exist yet,
+    # and PostgreSQL's has_table query scans every same-named table of every tenant.
     conn.execution_options(schema_translate_map={None: schema})
     try:
-        metadata.create_all(conn, tables=_tenant_tables(metadata))  # type: ignore[arg-type]
+        metadata.create_all(
+            conn,
+            tables=_tenant_tables(metadata),  # type: ignore[arg-type]
+            checkfirst=False,
+        )
     finally:
         conn.execution_options(schema_translate_map=None)
 

@@ -321,13 +321,22 @@ def stamp_tenant(conn: Connection, schema: str, config: AlembicConfig) -> str | 
 
     :returns: the stamped revision(s), comma-joined.
     """
-    from alembic.runtime.migration import MigrationContext
-
     schema = _DEFAULT_POLICY.validate(schema)
-    script = _script(load_config(config))
-    context = MigrationContext.configure(conn, opts={"version_table_schema": schema})
-    context.stamp(script, "heads")
-    return _ledger.join_revisions(script.get_heads())
+    heads = sorted(_script(load_config(config)).get_heads())
+    # Written directly, in Alembic's own layout, rather than through MigrationContext.stamp:
+    # that checks for the table with the dialect's has_table, whose query scans every
+    # same-named table in the database (one alembic_version per tenant) on each call.
+    table = f"{conn.dialect.identifier_preparer.quote_identifier(schema)}.alembic_version"
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
+        _ledger.execute_ddl(
+            conn,
+            f"CREATE TABLE {table} (version_num VARCHAR(32) NOT NULL, "
+            "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",
+        )
+    _ledger.execute_ddl(conn, f"DELETE FROM {table}")
+    for head in heads:
+        conn.execute(text(f"INSERT INTO {table} (version_num) VALUES (:v)"), {"v": head})
+    return _ledger.join_revisions(heads)
 
 
 @dataclass
