@@ -29,7 +29,9 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -122,6 +124,10 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 def scratch_database(url: str, *, prefix: str = "sa_tenancy_bench") -> Iterator[str]:
     """Create ``<prefix>_<random>`` on ``url``'s server, yield its URL, drop it afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    # SIGTERM (timeout, kill) would end the process without running the DROP below.
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=None)
     try:
         with admin.connect() as conn:
@@ -137,6 +143,12 @@ def scratch_database(url: str, *, prefix: str = "sa_tenancy_bench") -> Iterator[
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         finally:
             admin.dispose()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def compare(

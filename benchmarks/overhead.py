@@ -43,6 +43,7 @@ from sqlalchemy import String
 from sqlalchemy import create_engine
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -67,7 +68,7 @@ TENANT_COUNTS = (1, 10, 1000)
 CANDIDATES = ("plain", "translate_map", "search_path")
 
 
-class Base(DeclarativeBase):
+class Base(AsyncAttrs, DeclarativeBase):
     metadata = MetaData()
 
 
@@ -296,7 +297,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks overhead", description=__doc__.split("\n")[0]
     )
-    _harness.add_common_args(parser, n=50, repeat=25)
+    _harness.add_common_args(parser, n=10, repeat=100)
     parser.add_argument("--ops", type=_csv(str, OPS), default=list(OPS))
     parser.add_argument("--drivers", type=_csv(str, DRIVERS), default=list(DRIVERS))
     parser.add_argument(

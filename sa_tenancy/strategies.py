@@ -50,10 +50,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import TextClause
 
+from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import TenancyError
 from .exc import UnknownSchema
-from .names import quote_schema
 from .names import validate_extra_schema
 
 __all__ = ["ALLOW_RAW_SQL", "Auto", "SearchPath", "Strategy", "TranslateMap", "resolve_strategy"]
@@ -99,6 +99,16 @@ _SET_PATH = text(
 )
 
 
+def _pg_identifier(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier, for use as a *value* or in unprocessed SQL.
+
+    Not the dialect's ``quote_identifier``: for pyformat drivers (psycopg) SQLAlchemy also
+    doubles ``%`` there, which is right in SQL text that goes through parameter formatting and
+    wrong in a bound value or a parameterless simple query, where ``"%%"`` names another schema.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
 class SearchPath:
     """Transaction-scoped ``search_path`` on PostgreSQL.
 
@@ -132,9 +142,8 @@ class SearchPath:
 
     def search_path(self, connection: Connection, schema: str) -> str:
         """The ``search_path`` value for ``schema``: quoted tenant, extras, then ``pg_temp``."""
-        dialect = connection.dialect
-        parts = [quote_schema(dialect, schema)]
-        parts.extend(quote_schema(dialect, s) for s in self.extra_schemas)
+        parts = [_pg_identifier(schema)]
+        parts.extend(_pg_identifier(s) for s in self.extra_schemas)
         parts.append("pg_temp")
         return ", ".join(parts)
 
@@ -154,8 +163,15 @@ class SearchPath:
                 "would end with each statement and queries would read the default schema. "
                 "Use a transactional engine for tenant sessions, or strategy='translate_map'."
             )
+        if schema == "$user":
+            connection.invalidate()  # nothing applied: no statement may run on it
+            raise InvalidSchemaName(
+                "tenant schema name '$user' cannot be used with the search_path strategy: on a "
+                "search_path it always means the schema named after the current role. Rename "
+                "the tenant or use strategy='translate_map'."
+            )
         path = self.search_path(connection, schema)
-        quoted = quote_schema(dialect, schema)
+        quoted = _pg_identifier(schema)
         if dialect.driver == "psycopg":
             current = _begin_with_path(
                 connection, pooled.driver_connection, path, check=self.check_exists
@@ -258,8 +274,9 @@ def _begin_with_path(
         driver_connection.deferrable,
     )
     statement = begin_with_path_sql(begin, path, check=check)
+    encoding = driver_connection.info.encoding
     try:
-        data = statement.encode(driver_connection.info.encoding)
+        data = statement.encode(encoding)
     except UnicodeEncodeError:
         return _NOT_SENT
     _announce(connection, "before_cursor_execute", statement)
@@ -276,13 +293,13 @@ def _begin_with_path(
         if result.status not in (1, 2):  # psycopg.pq.ExecStatus.COMMAND_OK, TUPLES_OK
             from psycopg import errors
 
-            failure = errors.error_from_result(result, encoding=driver_connection.info.encoding)
+            failure = errors.error_from_result(result, encoding=encoding)
             _raise_dbapi(connection, driver_connection, statement, failure)
     _announce(connection, "after_cursor_execute", statement)
     if not check:
         return None
     value = results[-1].get_value(0, 0)
-    return None if value is None else bytes(value).decode(driver_connection.info.encoding)
+    return None if value is None else bytes(value).decode(encoding)
 
 
 def _send_sync(conn: Any, statement: bytes) -> Any:

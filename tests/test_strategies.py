@@ -544,3 +544,50 @@ def test_search_path_when_the_idle_backend_died(SessionLocal, pg_engine, pg_url,
     with SessionLocal(info={"schema": two_tenants[0]}) as session:
         assert session.scalars(select(Note.body)).all() == []
     assert_clean_checkout(pg_engine)
+
+
+@pytest.fixture
+def percent_schemas(pg_engine):
+    """Schemas '<x>%' and '<x>%%', each with a notes row naming it (quoted without doubling)."""
+    base = unique_name("pct")
+    names = [base + "%", base + "%%"]
+    with pg_engine.begin() as conn:
+        for name in names:
+            sql = name.replace("%", "%%")  # driver SQL text goes through pyformat
+            conn.exec_driver_sql(f'CREATE SCHEMA "{sql}"')
+            conn.exec_driver_sql(f'CREATE TABLE "{sql}".notes (id int primary key, body text)')
+            conn.execute(text(f'INSERT INTO "{name}".notes VALUES (1, :b)'), {"b": name})
+    yield names
+    with pg_engine.begin() as conn:
+        for name in names:
+            conn.exec_driver_sql(f'DROP SCHEMA "{name.replace("%", "%%")}" CASCADE')
+
+
+def test_search_path_with_a_percent_in_the_name(pg_engine, percent_schemas):
+    """'%' is a character of the name: tenant 'x%' must not read schema 'x%%'."""
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path", names=lambda n: True)
+    for name in percent_schemas:
+        with factory(info={"schema": name}) as session:  # psycopg: with BEGIN
+            assert session.scalars(select(Note.body)).all() == [name]
+    with pg_engine.connect() as conn:
+        conn.execute(text("SELECT 1"))  # a transaction already open: the set_config path
+        bound = sessionmaker(bind=conn, join_transaction_mode="create_savepoint")
+        sa_tenancy.install(bound, strategy="search_path", names=lambda n: True)
+        for name in percent_schemas:
+            with bound(info={"schema": name}) as session:
+                assert session.scalars(select(Note.body)).all() == [name]
+        conn.rollback()
+
+
+def test_search_path_refuses_dollar_user(pg_engine, two_tenants, statements):
+    """On a search_path '$user', quoted or not, means the role's schema: never a tenant."""
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path", names=lambda n: True)
+    with factory(info={"schema": "$user"}) as session:
+        with pytest.raises(sa_tenancy.InvalidSchemaName, match="current role"):
+            session.scalars(select(Note.body)).all()
+        with pytest.raises(TenancyError):
+            session.scalars(select(Note.body)).all()
+    assert not statements.contains("$user")
+    assert_clean_checkout(pg_engine)
