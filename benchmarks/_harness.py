@@ -7,8 +7,10 @@ candidates interleaved (A B C, B C A, C A B, ... rotating the start so no candid
 first after a pause), repeats that ``repeat`` times, and reports for each candidate the median,
 min and max time per operation and the ratio of its median to the baseline's median. Two more
 figures resist a machine whose load changes during the run: the *paired* ratio, the median over
-rounds of (candidate ÷ baseline in the same round), and the ratio of this process's CPU time
-per operation (client work only: server time and waiting on the network do not count).
+rounds of (candidate ÷ baseline in the same round), the ratio of the 10th percentiles (with
+``--n 1`` every sample is one operation: the least disturbed ones), and the ratio of this
+process's CPU time per operation (client work only: server time and waiting on the network do
+not count).
 
 The stable API used by the suites:
 
@@ -72,6 +74,7 @@ class Measurement:
     baseline: str
     ratio: float = 1.0
     paired: float = 1.0  # median over rounds of this / baseline in the same round
+    p10_ratio: float = 1.0  # 10th percentile of samples / the baseline's 10th percentile
     cpu: list[float] = field(default_factory=list)  # process CPU seconds per operation
     cpu_ratio: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +95,11 @@ class Measurement:
         data = asdict(self)
         data.update(median=self.median, min=self.min, max=self.max)
         return data
+
+    @property
+    def p10(self) -> float:
+        """10th percentile of the samples: the least disturbed runs, on a busy machine."""
+        return _p10(self.samples)
 
     @property
     def cpu_median(self) -> float:
@@ -197,6 +205,7 @@ def compare(
                 baseline,
                 ratio=statistics.median(samples[name]) / base,
                 paired=statistics.median(paired),
+                p10_ratio=_p10(samples[name]) / _p10(samples[baseline]),
                 cpu=cpu[name],
                 cpu_ratio=statistics.median(cpu[name]) / base_cpu,
             )
@@ -204,23 +213,30 @@ def compare(
     return result
 
 
+def _p10(values: list[float]) -> float:
+    if len(values) < 10:
+        return min(values)
+    return statistics.quantiles(values, n=10)[0]
+
+
 def format_table(title: str, measurements: list[Measurement], *, unit: str = "µs") -> str:
     """A Markdown table: median, min, max per operation; ratios to the baseline.
 
-    ``ratio``: median ÷ baseline median; ``paired``: median of same-round ratios; ``cpu``: ratio
-    of client CPU time per operation.
+    ``ratio``: median ÷ baseline median; ``paired``: median of same-round ratios; ``p10``: ratio
+    of the 10th percentiles; ``cpu``: ratio of client CPU time per operation.
     """
     scale = {"µs": 1e6, "ms": 1e3, "s": 1.0}[unit]
     lines = [
         f"**{title}**",
         "",
-        f"| candidate | median {unit} | min {unit} | max {unit} | ratio | paired | cpu |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| candidate | median {unit} | min {unit} | max {unit} | ratio | paired | p10 | cpu |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         lines.append(
             f"| {m.name} | {m.median * scale:.1f} | {m.min * scale:.1f} | "
-            f"{m.max * scale:.1f} | {m.ratio:.3f} | {m.paired:.3f} | {m.cpu_ratio:.3f} |"
+            f"{m.max * scale:.1f} | {m.ratio:.3f} | {m.paired:.3f} | {m.p10_ratio:.3f} "
+            f"| {m.cpu_ratio:.3f} |"
         )
     return "\n".join(lines)
 
