@@ -78,7 +78,7 @@ DECOY = "public-decoy"
 SEEDED = 10  # ids 1..SEEDED exist in every tenant (the same primary keys everywhere)
 ABSENT = "absent"
 MAX_RETRIES = 200
-RETRY_SECONDS = 60.0
+RETRY_SECONDS = 600.0  # an operation is abandoned (and the run fails) after this
 
 # Operation mix (weights).
 MIX = {
@@ -376,7 +376,9 @@ def _sync_worker(
                     break
                 worker.stats.retries += 1
                 if time.monotonic() > deadline or attempt == MAX_RETRIES - 1:
-                    worker.stats.errors.append(f"{kind}: gave up after {attempt + 1} tries")
+                    worker.stats.errors.append(
+                        f"{kind}: abandoned after {attempt + 1} tries; last: {_describe(kind, exc)}"
+                    )
                     break
                 time.sleep(min(0.5, 0.01 * (attempt + 1)))
 
@@ -422,7 +424,9 @@ async def _async_worker(
                     break
                 worker.stats.retries += 1
                 if time.monotonic() > deadline or attempt == MAX_RETRIES - 1:
-                    worker.stats.errors.append(f"{kind}: gave up after {attempt + 1} tries")
+                    worker.stats.errors.append(
+                        f"{kind}: abandoned after {attempt + 1} tries; last: {_describe(kind, exc)}"
+                    )
                     break
                 await asyncio.sleep(min(0.5, 0.01 * (attempt + 1)))
 
@@ -604,11 +608,11 @@ def run(args: argparse.Namespace, url: str, cluster: Cluster | None) -> dict[str
         url,
         pool_size=args.pool_size,
         max_overflow=0,
-        pool_timeout=60,
+        pool_timeout=300,
         connect_args=connect_args,
     )
     async_engine = create_async_engine(
-        url, pool_size=args.pool_size, max_overflow=0, pool_timeout=60, connect_args=connect_args
+        url, pool_size=args.pool_size, max_overflow=0, pool_timeout=300, connect_args=connect_args
     )
     factories: list[sessionmaker[Session]] = []
     async_factories: list[Any] = []
