@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ._ledger import execute_ddl
+from ._ledger import ident
 
 VERSION_TABLE = "alembic_version"
 
@@ -79,7 +80,7 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
     Both names are validated by the caller. Runs in the caller's transaction and leaves its
     ``search_path`` as it found it (both changes are transaction-scoped ``set_config`` calls).
     """
-    q = conn.dialect.identifier_preparer.quote_identifier
+    q = ident
     saved = conn.execute(text("SELECT current_setting('search_path')")).scalar()
     conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": q(source)})
     params = {"src": source}
@@ -175,7 +176,7 @@ def _copy_identity_positions(conn: Connection, source: str, target: str) -> None
         ),
         {"src": source},
     ).all()
-    q = conn.dialect.identifier_preparer.quote_identifier
+    q = ident
     for table, column in rows:
         src_seq = conn.execute(
             text("SELECT pg_get_serial_sequence(:t, :c)"),

@@ -176,7 +176,7 @@ def record_from_table(conn: Connection, schema: str) -> str | None:
 
     The value is formatted as :func:`join_revisions` does (sorted, comma-joined, NULL if none).
     """
-    quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+    quoted = ident(schema)
     return conn.execute(
         text(
             f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
@@ -188,3 +188,15 @@ def record_from_table(conn: Connection, schema: str) -> str | None:
         ),
         {"s": schema, "spare_mark": SPARE_MARK},
     ).scalar()
+
+
+def ident(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier, exactly (always quoted, ``"`` doubled).
+
+    Not the dialect's ``quote_identifier``: for pyformat drivers (psycopg) SQLAlchemy also
+    doubles ``%`` in it, which is right only in SQL text that goes through parameter
+    formatting once. Here names are used as bound values (``set_config``, ``to_regclass``),
+    inside ``text()`` (which doubles ``%`` itself) and through :func:`execute_ddl` (which
+    does too), so the percent doubling happens exactly once, where the SQL is sent.
+    """
+    return '"' + name.replace('"', '""') + '"'

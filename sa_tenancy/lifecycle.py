@@ -108,7 +108,7 @@ def _mark(conn: Connection, schema: str) -> str | None:
 
 
 def _set_mark(conn: Connection, schema: str, mark: str) -> None:
-    quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+    quoted = _ledger.ident(schema)
     # The mark is one of this module's constants, never user input.
     _ledger.execute_ddl(conn, f"COMMENT ON SCHEMA {quoted} IS '{mark}'")
 
@@ -136,7 +136,7 @@ def _build(
     data: bool = False,
 ) -> str | None:
     """Make ``schema`` complete inside the caller's transaction; return its recorded revision."""
-    quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+    quoted = _ledger.ident(schema)
     _ledger.ensure(conn)
     with _duplicate_is_tenancy_error(schema):
         _ledger.execute_ddl(conn, f"CREATE SCHEMA {quoted}")
@@ -268,7 +268,7 @@ def rename_tenant(bind: Engine, old: str, new: str, *, names: NamePolicy | None 
             raise UnknownSchema(f"{old!r} is not a tenant; nothing was renamed")
         if not _ledger.try_lock(conn, old):
             raise TenancyError(f"tenant {old!r} is being migrated; retry when that is done")
-        q = conn.dialect.identifier_preparer.quote_identifier
+        q = _ledger.ident
         with _duplicate_is_tenancy_error(new):
             _ledger.execute_ddl(conn, f"ALTER SCHEMA {q(old)} RENAME TO {q(new)}")
         if _ledger.exists(conn):
@@ -372,7 +372,7 @@ def drop_tenant(
 def _drop_pg(bind: Engine, schema: str, batch_size: int) -> None:
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    q = bind.dialect.identifier_preparer.quote_identifier
+    q = _ledger.ident
     with bind.begin() as conn:
         mark = _mark(conn, schema)
         if mark not in (TENANT_MARK, DROPPING_MARK):
@@ -488,7 +488,7 @@ def claim_tenant(bind: Engine, schema: str, *, names: NamePolicy | None = None) 
             raise
         if row is None:
             raise ReservoirEmpty(empty)
-        q = conn.dialect.identifier_preparer.quote_identifier
+        q = _ledger.ident
         revision = "NULL" if row[1] is None else _literal(row[1])
         with _duplicate_is_tenancy_error(schema):
             _ledger.execute_ddl(

@@ -110,7 +110,7 @@ def head_revision(config: AlembicConfig) -> str | None:
 
 def current_revision(conn: Connection, schema: str) -> str | None:
     """The revision(s) in ``schema.alembic_version``, comma-joined; None if it has none."""
-    q = conn.dialect.identifier_preparer.quote_identifier
+    q = _ledger.ident
     table = f"{q(schema)}.alembic_version"
     if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
         return None
@@ -148,7 +148,7 @@ ENTER_SQL = (
 def enter_params(
     conn: Connection, schema: str, lock_timeout: str | None, statement_timeout: str | None
 ) -> dict[str, Any]:
-    q = conn.dialect.identifier_preparer.quote_identifier
+    q = _ledger.ident
     return {"path": q(schema), "lt": lock_timeout, "st": statement_timeout}
 
 
@@ -158,7 +158,7 @@ def _leave(conn: Connection, saved: str) -> None:
 
 def _leave_and_read(conn: Connection, schema: str, saved: str) -> str | None:
     """Put the ``search_path`` back and read the tenant's revision, in one round trip."""
-    q = conn.dialect.identifier_preparer.quote_identifier
+    q = _ledger.ident
     versions = conn.execute(
         text(
             "SELECT set_config('search_path', :p, true), "
@@ -326,7 +326,7 @@ def stamp_tenant(conn: Connection, schema: str, config: AlembicConfig) -> str | 
     # Written directly, in Alembic's own layout, rather than through MigrationContext.stamp:
     # that checks for the table with the dialect's has_table, whose query scans every
     # same-named table in the database (one alembic_version per tenant) on each call.
-    table = f"{conn.dialect.identifier_preparer.quote_identifier(schema)}.alembic_version"
+    table = f"{_ledger.ident(schema)}.alembic_version"
     if conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
         _ledger.execute_ddl(
             conn,
@@ -624,7 +624,7 @@ def tenant_status(
 
 def _read_versions(bind: Engine, schemas: list[str], per_connection: int) -> dict[str, str | None]:
     found: dict[str, list[str]] = {}
-    q = bind.dialect.identifier_preparer.quote_identifier
+    q = _ledger.ident
     engine = create_engine(bind.url, poolclass=NullPool)
     try:
         for start in range(0, len(schemas), per_connection):

@@ -51,7 +51,7 @@ def cleanup(engine: Engine) -> Iterator[list[str]]:
     yield names
     with engine.begin() as conn:
         for name in names:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            _ledger.execute_ddl(conn, f"DROP SCHEMA IF EXISTS {_ledger.ident(name)} CASCADE")
             if _ledger.exists(conn):
                 _ledger.forget(conn, name)
 
@@ -372,3 +372,22 @@ def test_claim_from_a_database_that_never_had_a_reservoir(fleet_engine):
         sa_tenancy.claim_tenant(fleet_engine, "first")
     assert sa_tenancy.list_tenants(fleet_engine) == []
     assert sa_tenancy.reservoir_size(fleet_engine) == 0
+
+
+def test_percent_signs_in_widened_names_mean_exactly_themselves(engine, cleanup):
+    policy = sa_tenancy.NamePolicy(r"[a-z0-9_%]+")
+    one = unique_name("pct") + "%"
+    two = one + "%"  # psycopg's placeholder escaping would turn one into the other
+    copy = one.replace("pct", "cpy")
+    cleanup += [one, two, copy]
+    sa_tenancy.create_tenant(engine, one, metadata=tenant_metadata, names=policy)
+    sa_tenancy.create_tenant(engine, two, metadata=tenant_metadata, names=policy)
+    with engine.begin() as conn:
+        conn.execute(text(f'INSERT INTO "{one}".notes (body) VALUES (:b)'), {"b": "mine"})
+    sa_tenancy.clone_tenant(engine, one, copy, data=True, names=policy)
+    assert _fetch(engine, f'SELECT body FROM "{copy}".notes') == [("mine",)]
+    assert _fetch(engine, f'SELECT count(*) FROM "{two}".notes') == [(0,)]
+    assert {one, two, copy} <= set(sa_tenancy.list_tenants(engine))
+    assert {one, two, copy} <= set(ledger(engine))
+    sa_tenancy.drop_tenant(engine, one, names=policy)
+    assert one not in _schemas(engine, "pct_") and two in _schemas(engine, "pct_")
