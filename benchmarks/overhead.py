@@ -351,7 +351,8 @@ def main(argv: list[str]) -> int:
         setup = create_engine(url)
         tenants = [f"bench_{i:05d}" for i in range(max(args.tenants))]
         create_schemas(setup, ["public", *tenants])
-        with setup.connect() as conn:
+        # autocommit: one transaction per table, not every table locked at once
+        with setup.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(text("ANALYZE"))
         setup.dispose()
         loop = asyncio.new_event_loop()
