@@ -74,6 +74,12 @@ TRICKY = [
     "a, public",
     "a.b",
     "$user",
+    "%",
+    "%%",
+    "a%b",
+    "%s",
+    "%(schema)s",
+    ":path",
     "pg_temp",
     "PG_TOAST",
     "Public",
@@ -279,13 +285,8 @@ def test_validate_refuses_or_returns_the_same_plain_str(value):
 # -- against PostgreSQL: refused before SQL, or round-trips -----------------------------------
 
 
-def _known_search_path_bug(name: str) -> bool:
-    """Names the search_path strategy mishandles today; each has a strict xfail test below."""
-    return "%" in name or name == "$user"
-
-
 @settings(PROFILE, max_examples=DB_EXAMPLES)
-@given(name=NAMES.filter(lambda n: not _known_search_path_bug(n)))
+@given(name=NAMES.filter(lambda n: n != "$user"))  # see test_dollar_user_*
 def test_text_names_refused_before_sql_or_round_trip(rig, name):
     for policy_name, policy in (("default", DEFAULT), ("wide", WIDE)):
         if _classify(policy, name) is None:
@@ -368,13 +369,8 @@ def _drop_schema(rig: Rig, name: str) -> None:
         conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SearchPath binds quote_schema()'s output as a value, and SQLAlchemy's psycopg "
-    "preparer doubles '%' for pyformat SQL text: tenant '%' checks and sets schema '%%'. "
-    "Fix in strategies.py: quote the bound values without percent doubling",
-)
 def test_percent_in_a_widened_name_reads_its_own_schema(rig):
+    """Found by the large profile: tenant '%' used to read schema '%%' (pyformat doubling)."""
     _make_schema(rig, "%", "percent")
     _make_schema(rig, "%%", "double-percent")
     try:
@@ -385,19 +381,19 @@ def test_percent_in_a_widened_name_reads_its_own_schema(rig):
         _drop_schema(rig, "%%")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="'$user' is accepted by a widened policy, but on a search_path '\"$user\"' is the "
-    "magic entry for the role's own schema: tenant '$user' reads the schema named after the "
-    "role. Fix: refuse '$user' in names.py or SearchPath",
-)
-def test_dollar_user_reads_its_own_schema(rig):
+def test_dollar_user_is_refused_by_search_path_and_isolated_by_translate_map(rig):
+    """Found by the large profile: on a search_path '"$user"' always means the role's schema."""
     with rig.engine.connect() as conn:
         role = str(conn.execute(text("SELECT current_user")).scalar())
     _make_schema(rig, "$user", "dollar-user")
     _make_schema(rig, role, "role-schema")
     try:
+        before = rig.statements.count
         with rig.factories[("wide", "search_path")](info={"schema": "$user"}) as session:
+            with pytest.raises(InvalidSchemaName, match="search_path"):
+                session.scalars(select(Note.body)).all()
+        assert rig.statements.count == before
+        with rig.factories[("wide", "translate_map")](info={"schema": "$user"}) as session:
             assert session.scalars(select(Note.body)).all() == ["dollar-user"]
     finally:
         _drop_schema(rig, "$user")
