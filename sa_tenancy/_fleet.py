@@ -93,9 +93,21 @@ def _use_indexed_has_table(engine: Engine) -> None:
     dialect.has_table = has_table  # type: ignore[method-assign]
 
 
+#: Tenants per server connection. A backend keeps the catalog entries of every table it has
+#: opened for as long as it lives; a worker migrating thousands of tenants on one connection
+#: grows it (and slows down) tenant after tenant, so it starts a fresh one every so often.
+TENANTS_PER_CONNECTION = 250
+
+
 def migrate_chunk(schemas: list[str]) -> list[TenantResult]:
     """Migrate each of ``schemas`` in its own transaction; never raises for a tenant's failure."""
-    return [_migrate_one(schema) for schema in schemas]
+    results = []
+    for schema in schemas:
+        results.append(_migrate_one(schema))
+        _WORKER["served"] = _WORKER.get("served", 0) + 1
+        if _WORKER["served"] % TENANTS_PER_CONNECTION == 0:
+            _WORKER["engine"].dispose()
+    return results
 
 
 def _migrate_one(schema: str) -> TenantResult:
