@@ -59,7 +59,14 @@ def _base_check(name: object, *, what: str, allow_public: bool) -> str:
     name = str.__str__(name)
     if not name:
         raise InvalidSchemaName(f"{what} is empty; name a schema, or leave the key out")
-    size = len(name.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        # A lone surrogate is no character at all: no driver could send it.
+        raise InvalidSchemaName(
+            f"{what} {name.encode('utf-8', 'backslashreplace').decode('ascii', 'replace')!r} "
+            "is not valid Unicode (it holds a lone surrogate); decode the input properly"
+        ) from None
     if size > MAX_BYTES:
         raise InvalidSchemaName(
             f"{what} {_shown(name)} is {size} bytes; PostgreSQL keeps only {MAX_BYTES} and would "

@@ -117,3 +117,9 @@ def test_extra_schemas_allow_public_only_among_reserved():
 def test_allowlist_must_hold_str():
     with pytest.raises(TypeError):
         NamePolicy({b"acme"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["a\ud800", "\udfff", "t_\udc80x"])
+def test_lone_surrogates_are_refused(name):
+    with pytest.raises(InvalidSchemaName, match="lone surrogate"):
+        NamePolicy(lambda n: True).validate(name)

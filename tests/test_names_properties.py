@@ -341,13 +341,6 @@ def test_huge_name_is_refused_quickly(rig):
     assert time.perf_counter() - started < 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="names.py measures lone surrogates with 'surrogatepass' and accepts them; the "
-    "driver then fails with UnicodeEncodeError when it encodes the SQL (nothing reaches the "
-    "server, but the error is not InvalidSchemaName and comes after the statement was built). "
-    "Fix: encode strictly in names._base_check and raise InvalidSchemaName on UnicodeEncodeError",
-)
 @pytest.mark.parametrize("name", ["a\ud800", "\udfff", "t_\udc80x"])
 def test_lone_surrogates_are_refused_before_sql(rig, name):
     rig.refused_before_sql(name, "wide")
