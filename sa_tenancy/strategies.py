@@ -16,7 +16,7 @@ Two strategies ship with the library:
     skips a missing schema on the path and would read ``public`` instead. With psycopg 3 the
     path (as ``SET LOCAL``) and the check travel in the same message as the transaction's
     ``BEGIN``, so a tenant transaction needs no more round trips than a plain one (see
-    :func:`begin_with_path_sql`).
+    :func:`sa_tenancy._psycopg.begin_with_path_sql`).
 
 :class:`TranslateMap`
     ``connection.execution_options(schema_translate_map={None: schema})`` in place. SQLAlchemy
@@ -32,14 +32,11 @@ Two strategies ship with the library:
 
 from __future__ import annotations
 
-import functools
-import logging
 import threading
 import weakref
 from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
-from typing import NoReturn
 from typing import Protocol
 from typing import runtime_checkable
 
@@ -47,9 +44,9 @@ from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import TextClause
 
+from . import _psycopg
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import TenancyError
@@ -173,10 +170,10 @@ class SearchPath:
         path = self.search_path(connection, schema)
         quoted = _pg_identifier(schema)
         if dialect.driver == "psycopg":
-            current = _begin_with_path(
+            current = _psycopg.begin_with_path(
                 connection, pooled.driver_connection, path, check=self.check_exists
             )
-            if current is not _NOT_SENT and (current == schema or not self.check_exists):
+            if current is not _psycopg.NOT_SENT and (current == schema or not self.check_exists):
                 return
             # Not sent (a transaction is already open on the server), or the tenant is not the
             # first usable schema of the path: the statement below applies it, or says why not.
@@ -194,167 +191,6 @@ class SearchPath:
 
     def __repr__(self) -> str:
         return f"SearchPath(extra_schemas={self.extra_schemas!r})"
-
-
-# -- psycopg: the path travels with BEGIN ---------------------------------------------------------
-#
-# psycopg 3 sends its own BEGIN, as a separate round trip, just before the first statement of a
-# transaction (when the connection is idle and not in autocommit). A tenant transaction would
-# pay a round trip for BEGIN, one for set_config, then its work; a plain one only BEGIN and its
-# work. Instead, when the connection is idle, we send ONE simple-query message first:
-#
-#     BEGIN <psycopg's own options>; SET LOCAL search_path TO "acme", pg_temp;
-#     SELECT current_schema()
-#
-# The server opens the transaction, sets the path and answers in one round trip; psycopg then
-# sees the connection in a transaction and sends no BEGIN of its own; COMMIT and ROLLBACK stay
-# psycopg's. PgBouncer in transaction mode pins the server connection from that message on,
-# exactly as for psycopg's own BEGIN.
-
-_NOT_SENT = object()
-
-
-@functools.lru_cache(maxsize=64)
-def _begin_statement(
-    isolation_level: int | None, read_only: bool | None, deferrable: bool | None
-) -> str:
-    """The ``BEGIN`` psycopg would send for these connection attributes (same wording).
-
-    Rebuilt from the public attributes rather than read from psycopg's private cache, so an
-    isolation level or read-only mode set by SQLAlchemy is always honoured.
-    """
-    parts = ["BEGIN"]
-    if isolation_level is not None:
-        from psycopg import IsolationLevel
-
-        parts.append("ISOLATION LEVEL " + IsolationLevel(isolation_level).name.replace("_", " "))
-    if read_only is not None:
-        parts.append("READ ONLY" if read_only else "READ WRITE")
-    if deferrable is not None:
-        parts.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
-    return " ".join(parts)
-
-
-def begin_with_path_sql(begin: str, path: str, *, check: bool = True) -> str:
-    """The one message that opens a tenant transaction: ``BEGIN``, ``SET LOCAL``, the check.
-
-    A simple-query message (the only kind that may hold several statements) cannot carry bound
-    parameters. ``SET LOCAL`` needs none: its value is a list of *identifiers*, and ``path`` is
-    made only of validated schema names quoted by the dialect's ``identifier_preparer`` (plus
-    ``pg_temp``), the same quoting every DDL statement of the library uses. No string literal is
-    built, so there is no literal escaping to get right (``standard_conforming_strings``,
-    client encodings), and ``SET LOCAL`` is what ``set_config(..., true)`` does, minus a
-    ``SELECT``: about half the server time.
-
-    ``current_schema()`` is the first schema of the path that exists *and* on which the role
-    has ``USAGE``: it equals the tenant exactly when the tenant passes both checks.
-    """
-    statement = f"{begin}; SET LOCAL search_path TO {path}"
-    return statement + "; SELECT current_schema()" if check else statement
-
-
-def _begin_with_path(
-    connection: Connection, driver_connection: Any, path: str, *, check: bool
-) -> object:
-    """Open the transaction and set ``path`` in one round trip; return ``current_schema()``.
-
-    Returns ``_NOT_SENT``, having sent nothing, when the trick does not apply: the server
-    already has a transaction open (a session joining an outer transaction), the connection is
-    in pipeline mode, or the statement cannot be encoded for the connection. The caller then
-    sets the path inside the transaction with an ordinary statement, which also reports any
-    error the usual way.
-    """
-    pgconn = getattr(driver_connection, "pgconn", None)
-    # 0 is psycopg.pq.TransactionStatus.IDLE and PipelineStatus.OFF
-    if pgconn is None or pgconn.transaction_status != 0 or pgconn.pipeline_status != 0:
-        return _NOT_SENT
-    begin = _begin_statement(
-        driver_connection.isolation_level,
-        driver_connection.read_only,
-        driver_connection.deferrable,
-    )
-    statement = begin_with_path_sql(begin, path, check=check)
-    encoding = driver_connection.info.encoding
-    try:
-        data = statement.encode(encoding)
-    except UnicodeEncodeError:
-        return _NOT_SENT
-    _announce(connection, "before_cursor_execute", statement)
-    try:
-        if connection.dialect.is_async:
-            from sqlalchemy.util import await_only
-
-            results = await_only(_send_async(driver_connection, data))
-        else:
-            results = _send_sync(driver_connection, data)
-    except Exception as error:
-        _raise_dbapi(connection, driver_connection, statement, error)
-    for result in results:
-        if result.status not in (1, 2):  # psycopg.pq.ExecStatus.COMMAND_OK, TUPLES_OK
-            from psycopg import errors
-
-            failure = errors.error_from_result(result, encoding=encoding)
-            _raise_dbapi(connection, driver_connection, statement, failure)
-    _announce(connection, "after_cursor_execute", statement)
-    if not check:
-        return None
-    value = results[-1].get_value(0, 0)
-    return None if value is None else bytes(value).decode(encoding)
-
-
-def _send_sync(conn: Any, statement: bytes) -> Any:
-    from psycopg import generators
-
-    with conn.lock:
-        conn.pgconn.send_query(statement)
-        return conn.wait(generators.execute(conn.pgconn))
-
-
-async def _send_async(conn: Any, statement: bytes) -> Any:
-    from psycopg import generators
-
-    async with conn.lock:
-        conn.pgconn.send_query(statement)
-        return await conn.wait(generators.execute(conn.pgconn))
-
-
-def _raise_dbapi(
-    connection: Connection, driver_connection: Any, statement: str, error: Exception
-) -> NoReturn:
-    """Raise ``error`` as SQLAlchemy would have: wrapped, invalidating a broken connection."""
-    import psycopg
-
-    if not isinstance(error, psycopg.Error):
-        raise error
-    broken = driver_connection.pgconn.status != 0  # psycopg.pq.ConnStatus.OK
-    if broken:
-        connection.invalidate(error)
-    raise DBAPIError.instance(
-        statement,
-        None,
-        error,
-        psycopg.Error,
-        connection_invalidated=broken,
-        dialect=connection.dialect,
-    ) from error
-
-
-def _announce(connection: Connection, hook: str, statement: str) -> None:
-    """Show a statement sent beside SQLAlchemy to its cursor hooks and its echo log.
-
-    Listeners and ``echo=True`` would otherwise never see how the tenant was applied. The
-    hooks get ``context=None``, as for the statements SQLAlchemy itself runs outside an
-    execution context (sequences, defaults).
-    """
-    listeners = getattr(connection.dispatch, hook)
-    if listeners:
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            listeners(connection, cursor, statement, {}, None, False)
-        finally:
-            cursor.close()
-    if hook == "before_cursor_execute" and connection.engine.logger.isEnabledFor(logging.INFO):
-        connection.engine.logger.info("%s", statement)
 
 
 def _refuse_raw_sql(statement: str, context: Any) -> None:
