@@ -64,6 +64,12 @@ class ReservoirEmpty(TenancyError):
     """No spare schema is left to claim; fill the reservoir or create the tenant the slow way."""
 
 
+#: Attribute a strategy sets (true) on an exception it raises after leaving the transaction's
+#: connection unable to reach the default schema; after any other failure of a strategy the
+#: connection is invalidated, so that no statement runs on it untenanted.
+FAIL_CLOSED = "_sa_tenancy_fail_closed"
+
+
 for _cls in (
     TenancyError,
     InvalidSchemaName,

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
 
 from . import _targets
+from .exc import FAIL_CLOSED
 from .exc import SchemaRequired
 from .exc import SchemaSwitchError
 from .exc import TenancyError
@@ -125,7 +126,15 @@ class Installation:
             raise
         # Marked failed until the strategy returns: an exception leaves it so.
         info[STATE_KEY] = state = _State(transaction, raw, _FAILED, loaded)
-        self.strategy.apply(connection, schema)
+        try:
+            self.strategy.apply(connection, schema)
+        except BaseException as error:
+            # Unless the strategy says its failure left the connection unable to reach the
+            # default schema (a search_path naming only the missing tenant), a Core statement
+            # on it must not run untenanted.
+            if not getattr(error, FAIL_CLOSED, False):
+                connection.invalidate()
+            raise
         state.schema = state.loaded = schema
 
     def _schema_for(self, raw: object) -> str | None:

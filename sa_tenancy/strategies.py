@@ -47,6 +47,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import TextClause
 
 from . import _psycopg
+from .exc import FAIL_CLOSED
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import TenancyError
@@ -104,6 +105,16 @@ def _pg_identifier(name: str) -> str:
     wrong in a bound value or a parameterless simple query, where ``"%%"`` names another schema.
     """
     return '"' + name.replace('"', '""') + '"'
+
+
+def _path_only(error: UnknownSchema) -> UnknownSchema:
+    """Mark ``error`` as leaving a path that names only the unusable tenant (and ``pg_temp``).
+
+    Unqualified names then resolve nowhere, so the connection cannot reach the default schema
+    and need not be invalidated: an unknown tenant (a 404 in a web app) costs no reconnect.
+    """
+    setattr(error, FAIL_CLOSED, True)
+    return error
 
 
 class SearchPath:
@@ -179,14 +190,19 @@ class SearchPath:
             # first usable schema of the path: the statement below applies it, or says why not.
         _, exists, usable = connection.execute(_SET_PATH, {"path": path, "schema": quoted}).one()
         if self.check_exists and not exists:
-            raise UnknownSchema(
-                f"schema {schema!r} does not exist; create the tenant first "
-                "(sa_tenancy.create_tenant) or check the name"
+            raise _path_only(
+                UnknownSchema(
+                    f"schema {schema!r} does not exist; create the tenant first "
+                    "(sa_tenancy.create_tenant) or check the name"
+                )
             )
         if self.check_exists and not usable:
-            raise UnknownSchema(
-                f"schema {schema!r} exists but the current role has no USAGE privilege on it; "
-                "PostgreSQL would skip it on the search_path. GRANT USAGE to the app's role."
+            raise _path_only(
+                UnknownSchema(
+                    f"schema {schema!r} exists but the current role has no USAGE privilege on "
+                    "it; PostgreSQL would skip it on the search_path. GRANT USAGE to the app's "
+                    "role."
+                )
             )
 
     def __repr__(self) -> str:

@@ -325,3 +325,34 @@ def test_third_party_strategy(pg_engine, two_tenants):
     assert strategy.applied == [two_tenants[1], two_tenants[1], two_tenants[0]]
     with pytest.raises(TenancyError, match="not a Strategy"):
         sa_tenancy.install(sessionmaker(), strategy=object())  # type: ignore[arg-type]
+
+
+def test_a_failed_strategy_leaves_no_usable_untenanted_connection(pg_url, two_tenants):
+    """After the strategy fails, Core statements on the session's connection cannot run
+    against the default schema either: the connection is invalidated (AUTOCOMMIT), or its
+    search_path names only the unknown tenant."""
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+    factory = sessionmaker(engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": two_tenants[0]}) as session:
+        with pytest.raises(TenancyError, match="AUTOCOMMIT"):
+            session.execute(select(Note))
+        with pytest.raises(PendingRollbackError):
+            session.connection().execute(select(Note.body)).all()
+    engine.dispose()
+
+
+def test_unknown_schema_keeps_the_connection_but_reaches_no_table(pg_engine, two_tenants):
+    from sqlalchemy.exc import ProgrammingError
+
+    from sa_tenancy.testing import unique_name
+
+    factory = sessionmaker(pg_engine)
+    sa_tenancy.install(factory, strategy="search_path")
+    with factory(info={"schema": unique_name("missing")}) as session:
+        with pytest.raises(sa_tenancy.UnknownSchema):
+            session.execute(select(Note))
+        with pytest.raises(ProgrammingError, match="does not exist"):
+            session.connection().execute(select(Note.body)).all()
+    with pg_engine.connect() as conn:  # not invalidated: the same pooled connection, clean
+        assert conn.execute(text("SHOW search_path")).scalar() == '"$user", public'

@@ -99,3 +99,13 @@ def test_sqlite_create_on_demand(tmp_path):
     with pytest.raises(TenancyError, match="in-memory"):
         sa_tenancy.create_tenant(engine, "x", metadata=tenant_metadata)
     engine.dispose()
+
+
+def test_sqlite_unknown_tenant_leaves_no_usable_connection(engine, factory):
+    from sqlalchemy.exc import PendingRollbackError
+
+    with factory(info={"schema": "nobody"}) as session:
+        with pytest.raises(UnknownSchema):
+            session.execute(select(Note))
+        with pytest.raises(PendingRollbackError):
+            session.connection().execute(select(Note.body)).all()
