@@ -193,6 +193,8 @@ def create_tenant(
     :raises TenancyError: if the tenant already exists and ``exist_ok`` is false.
     """
     schema = _validate(schema, names)
+    if bind.dialect.name == "sqlite":
+        _make_sqlite_directory(bind, directory)
     if tenant_exists(bind, schema, names=names, directory=directory):
         if exist_ok:
             return schema
@@ -519,6 +521,19 @@ def _create_tables(conn: Connection, schema: str, metadata: MetaData) -> None:
         )
     finally:
         conn.execution_options(schema_translate_map=None)
+
+
+def _make_sqlite_directory(bind: Engine, directory: str | os.PathLike[str] | None) -> None:
+    """Create the folder of the tenant files (and of a main database file beside them).
+
+    SQLite creates a missing database file but not a missing folder; creating the first tenant
+    is the natural moment to make it, so a fresh checkout runs without a set-up step.
+    """
+    main = bind.url.database
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    if main and main != ":memory:" and not main.startswith("file:"):
+        Path(main).resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _create_sqlite(

@@ -52,3 +52,10 @@ def test_quickstart_on_postgresql(tmp_path, pg_url):
             conn.execute(text("DROP SCHEMA IF EXISTS acme CASCADE"))
             conn.execute(text("DROP SCHEMA IF EXISTS globex CASCADE"))
         engine.dispose()
+
+
+def test_readme_shows_the_quickstart_verbatim():
+    readme = (QUICKSTART.parent.parent / "README.md").read_text()
+    code = QUICKSTART.read_text()
+    assert f"```python\n{code}```" in readme
+    assert len(code.splitlines()) <= 20
