@@ -340,6 +340,43 @@ def _choose(worker: Worker) -> tuple[str, str, int]:
     return kind, tenant, worker.rng.randrange(len(STRATEGIES))
 
 
+def _count_expected(worker: Any, kind: str) -> None:
+    """An operation that failed on purpose (duplicate key, timeout) and was rolled back."""
+    worker.stats.ops[kind] += 1
+    if kind in _FAULT_OF:
+        worker.stats.faults[_FAULT_OF[kind]] += 1
+
+
+def _after_failure(
+    worker: Any,
+    kind: str,
+    exc: Exception,
+    committing: bool,
+    tenant: str,
+    effects: Any,
+    attempt: int,
+    deadline: float,
+) -> float | None:
+    """Book an operation that failed; return the pause before a retry, or None to give up.
+
+    Shared by the thread and asyncio workers, which differ only in how they wait.
+    """
+    if not _is_fault(exc):
+        worker.stats.errors.append(_describe(kind, exc))
+        return None
+    if committing:  # the COMMIT was cut: either outcome is acceptable
+        worker.unknown(tenant, effects)
+        worker.stats.ops[kind] += 1
+        return None
+    worker.stats.retries += 1
+    if time.monotonic() > deadline or attempt == MAX_RETRIES - 1:
+        worker.stats.errors.append(
+            f"{kind}: abandoned after {attempt + 1} tries; last: {_describe(kind, exc)}"
+        )
+        return None
+    return min(0.5, 0.01 * (attempt + 1))
+
+
 def _sync_worker(
     worker: Worker, factories: list[sessionmaker[Session]], budget: Budget, stop: threading.Event
 ) -> None:
@@ -358,29 +395,19 @@ def _sync_worker(
                     except Exception as exc:
                         if not committing and _is_expected(kind, exc):
                             session.rollback()
-                            worker.stats.ops[kind] += 1
-                            if kind in _FAULT_OF:
-                                worker.stats.faults[_FAULT_OF[kind]] += 1
+                            _count_expected(worker, kind)
                             break
                         raise
                 worker.apply(tenant, effects)
                 worker.stats.ops[kind] += 1
                 break
             except Exception as exc:
-                if not _is_fault(exc):
-                    worker.stats.errors.append(_describe(kind, exc))
+                delay = _after_failure(
+                    worker, kind, exc, committing, tenant, effects, attempt, deadline
+                )
+                if delay is None:
                     break
-                if committing:
-                    worker.unknown(tenant, effects)
-                    worker.stats.ops[kind] += 1
-                    break
-                worker.stats.retries += 1
-                if time.monotonic() > deadline or attempt == MAX_RETRIES - 1:
-                    worker.stats.errors.append(
-                        f"{kind}: abandoned after {attempt + 1} tries; last: {_describe(kind, exc)}"
-                    )
-                    break
-                time.sleep(min(0.5, 0.01 * (attempt + 1)))
+                time.sleep(delay)
 
 
 _FAULT_OF = {"timeout": "statement_timeout"}
@@ -406,29 +433,19 @@ async def _async_worker(
                     except Exception as exc:
                         if not committing and _is_expected(kind, exc):
                             await session.rollback()
-                            worker.stats.ops[kind] += 1
-                            if kind in _FAULT_OF:
-                                worker.stats.faults[_FAULT_OF[kind]] += 1
+                            _count_expected(worker, kind)
                             break
                         raise
                 worker.apply(tenant, effects)
                 worker.stats.ops[kind] += 1
                 break
             except Exception as exc:
-                if not _is_fault(exc):
-                    worker.stats.errors.append(_describe(kind, exc))
+                delay = _after_failure(
+                    worker, kind, exc, committing, tenant, effects, attempt, deadline
+                )
+                if delay is None:
                     break
-                if committing:
-                    worker.unknown(tenant, effects)
-                    worker.stats.ops[kind] += 1
-                    break
-                worker.stats.retries += 1
-                if time.monotonic() > deadline or attempt == MAX_RETRIES - 1:
-                    worker.stats.errors.append(
-                        f"{kind}: abandoned after {attempt + 1} tries; last: {_describe(kind, exc)}"
-                    )
-                    break
-                await asyncio.sleep(min(0.5, 0.01 * (attempt + 1)))
+                await asyncio.sleep(delay)
 
 
 # -- set-up, faults, verification -----------------------------------------------------------
