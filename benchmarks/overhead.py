@@ -53,8 +53,8 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.schema import CreateTable
 
 import sa_tenancy
+from sa_tenancy._pgpath import _SET_TENANT_PATH
 from sa_tenancy.lifecycle import TENANT_MARK
-from sa_tenancy.strategies import _SET_PATH
 from sa_tenancy.testing import url_for_driver
 
 from . import _harness
@@ -86,7 +86,8 @@ class SetConfigStatement:
         if schema is None:
             return
         path = self.inner.search_path(connection, schema)
-        row = connection.execute(_SET_PATH, {"path": path, "schema": f'"{schema}"'}).one()
+        params = {"path": path, "schema": f'"{schema}"', "name": schema}
+        row = connection.execute(_SET_TENANT_PATH, params).one()
         if not (row[1] and row[2]):
             raise sa_tenancy.UnknownSchema(schema)
 

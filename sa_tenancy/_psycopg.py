@@ -6,7 +6,7 @@ round trip for ``BEGIN``, one for ``set_config``, then its work; a plain one onl
 work. Instead, when the connection is idle, :class:`~sa_tenancy.SearchPath` sends ONE
 simple-query message first::
 
-    BEGIN <psycopg's own options>; SET LOCAL search_path TO "acme", pg_temp;
+    BEGIN <psycopg's own options>; [DISCARD TEMP;] SET LOCAL search_path TO "acme", pg_temp;
     SELECT current_schema()
 
 The server opens the transaction, sets the path and answers in one round trip; psycopg then sees
@@ -49,6 +49,8 @@ def available() -> bool:
 
 
 NOT_SENT = object()
+#: ``SET``'s spelling of a path that names no schema.
+EMPTY_PATH = "''"
 
 
 @functools.lru_cache(maxsize=64)
@@ -72,7 +74,9 @@ def _begin_statement(
     return " ".join(parts)
 
 
-def begin_with_path_sql(begin: str, path: str, *, check: bool = True) -> str:
+def begin_with_path_sql(
+    begin: str, path: str, *, check: bool = True, discard_temp: bool = False
+) -> str:
     """The one message that opens a tenant transaction: ``BEGIN``, ``SET LOCAL``, the check.
 
     A simple-query message (the only kind that may hold several statements) cannot carry bound
@@ -85,13 +89,23 @@ def begin_with_path_sql(begin: str, path: str, *, check: bool = True) -> str:
 
     ``current_schema()`` is the first schema of the path that exists *and* on which the role
     has ``USAGE``: it equals the tenant exactly when the tenant passes both checks.
+
+    ``DISCARD TEMP`` (when the connection may hold another tenant's temporary objects) runs
+    inside the transaction, so that a rollback also brings back what it dropped, consistently
+    with the owner recorded on the pool entry only at commit.
     """
-    statement = f"{begin}; SET LOCAL search_path TO {path}"
+    discard = "DISCARD TEMP; " if discard_temp else ""
+    statement = f"{begin}; {discard}SET LOCAL search_path TO {path or EMPTY_PATH}"
     return statement + "; SELECT current_schema()" if check else statement
 
 
 def begin_with_path(
-    connection: Connection, driver_connection: Any, path: str, *, check: bool
+    connection: Connection,
+    driver_connection: Any,
+    path: str,
+    *,
+    check: bool,
+    discard_temp: bool = False,
 ) -> object:
     """Open the transaction and set ``path`` in one round trip; return ``current_schema()``.
 
@@ -112,7 +126,7 @@ def begin_with_path(
         driver_connection.read_only,
         driver_connection.deferrable,
     )
-    statement = begin_with_path_sql(begin, path, check=check)
+    statement = begin_with_path_sql(begin, path, check=check, discard_temp=discard_temp)
     encoding = driver_connection.info.encoding
     try:
         data = statement.encode(encoding)

@@ -6,25 +6,44 @@ makes one engine and one session factory safe for every tenant, in threads, asyn
 workers and scripts alike: whoever makes the session names the tenant, and the session carries
 it.
 
-``install(target)`` registers three listeners on the session class that only ``target``'s
-sessions use (see :mod:`sa_tenancy._targets`):
+``install(target)`` registers listeners on the session class that only ``target``'s sessions
+use (see :mod:`sa_tenancy._targets`):
 
-``after_begin``
+``after_begin`` (registered first, before any other listener of that class)
     At each transaction begin (savepoints excluded): read ``session.info[info_key]``, validate
-    it, refuse a tenant switch while the identity map still holds another tenant's objects, and
-    hand the connection to the strategy. This runs before the transaction's first statement.
+    it, refuse a tenant switch while the identity map still holds another tenant's objects,
+    *claim* the DBAPI connection, and hand the connection to the strategy. This runs before the
+    transaction's first statement, and before any other ``after_begin`` listener of the class.
+
+``after_commit`` and ``after_transaction_end``
+    Release the claim; put back what a ``Connection`` that outlives the session (a session
+    bound to a ``Connection``) had before; record whose temporary objects the connection holds.
 
 ``do_orm_execute`` and ``before_flush``
-    Refuse to go on when ``session.info[info_key]`` changed in the middle of a transaction (the
-    connection still serves the old tenant), or when the transaction's begin failed.
+    Refuse to go on when the transaction's begin failed or the tenant changed under it.
+
+and an ``info`` property whose dictionary refuses a tenant change while the session holds
+anything of the old tenant (:mod:`sa_tenancy._info`). The bookkeeping lives in a private
+attribute of the session, not in ``session.info``, so nothing done to ``info`` can switch a guard
+off.
+
+**One connection serves one tenant at a time.** A claim on the pooled DBAPI connection records
+which tenant its open session transactions serve. Two sessions can meet on one DBAPI
+connection: sessions bound to one ``Connection`` (the usual "join an external transaction" test
+fixture), or a ``StaticPool``. A second session for *another* tenant (or for none) would
+re-point the connection under the first one, so its begin is refused with
+:class:`~sa_tenancy.SchemaSwitchError`; sessions of the *same* tenant share it, and the last one
+to end restores the ``Connection``.
 
 Failing closed: when the begin cannot apply a tenant, the error propagates and the transaction
-is unusable: ORM operations raise, and if nothing was applied the ``Connection`` is invalidated
-so that Core statements on it raise too, instead of running against the default schema.
+is unusable: ORM operations raise, and the ``Connection`` is invalidated (or, when another open
+session uses the same DBAPI connection, marked so that every statement of the refused session
+raises), instead of running against the default schema or another tenant.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
@@ -32,11 +51,21 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Transaction
 from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
 
 from . import _targets
+from ._auto import resolve_strategy
+from ._guard import ensure_guard
+from ._info import info_property
+from ._keys import CLAIM
+from ._keys import CLAIM_OPTION
+from ._keys import OUTLIVES_OPTION
+from ._keys import REFUSED_OPTION
+from ._keys import TEMP_OWNER
+from ._keys import TEMP_PENDING
 from .exc import FAIL_CLOSED
 from .exc import SchemaRequired
 from .exc import SchemaSwitchError
@@ -44,35 +73,70 @@ from .exc import TenancyError
 from .names import NamePolicy
 from .names import NameRule
 from .strategies import Strategy
-from .strategies import resolve_strategy
 
 __all__ = ["Installation", "install", "uninstall"]
 
-# session.info key of the per-session bookkeeping. It lives and dies with the session.
-STATE_KEY = "_sa_tenancy_state"
+#: Attribute of a session holding its bookkeeping (not in session.info, which users write).
+STATE_ATTR = "_sa_tenancy_state"
 
 _FAILED = object()
+_NOTHING = object()
+
+
+class _Claim:
+    """The open session transactions using one DBAPI connection, and the tenant they serve."""
+
+    __slots__ = ("holders", "home", "schema", "scope")
+
+    def __init__(self, schema: str | None, home: dict[str, Any]) -> None:
+        self.schema = schema
+        self.home = home  # the pool entry's info, where this claim is kept
+        self.holders: list[weakref.ref[_State]] = []
+        # On a Connection the session does not own: the SQLAlchemy transaction (or savepoint)
+        # in which the tenant was applied; the tenant lasts as long as it is active.
+        self.scope: Transaction | None = None
+
+    def in_scope(self) -> bool:
+        return self.scope is None or self.scope.is_active
+
+    def others(self, me: _State) -> list[_State]:
+        """The other sessions whose transaction still uses the connection."""
+        found = []
+        for ref in self.holders:
+            state = ref()
+            if state is not None and state is not me and state.transaction is not None:
+                found.append(state)
+        return found
 
 
 class _State:
-    """What the last transaction begin of one session applied."""
+    """What the current (or last) transaction of one session applied."""
 
-    __slots__ = ("loaded", "raw", "schema", "transaction")
+    __slots__ = ("__weakref__", "held", "loaded", "raw", "ref", "schema", "transaction")
 
-    def __init__(
-        self, transaction: SessionTransaction, raw: object, schema: object, loaded: object
-    ):
-        self.transaction = transaction
-        self.raw = raw  # the info value as given, to spot a change cheaply
-        self.schema = schema  # validated schema, None (no tenant) or _FAILED
-        self.loaded = loaded  # tenant whose objects the identity map may hold
+    def __init__(self) -> None:
+        self.transaction: SessionTransaction | None = None  # open transaction that applied
+        self.raw: object = None  # the info value as given, to spot a change cheaply
+        self.schema: object = None  # validated schema, None (no tenant) or _FAILED
+        self.loaded: object = _NOTHING  # tenant whose objects the identity map may hold
+        self.held: list[tuple[Connection, _Claim, bool]] = []  # (connection, claim, owned)
+        self.ref = weakref.ref(self)
 
 
-def _same(value: object, state: _State) -> bool:
-    if value is state.raw:
-        return True
+def _same(value: object, applied: object) -> bool:
     # Compare as plain str: an info value with a hostile __eq__ must not vouch for itself.
-    return type(value) is str and value == state.schema
+    return value is applied or (type(value) is str and value == applied)
+
+
+def _owned(transaction: SessionTransaction, connection: Connection) -> bool:
+    """Whether the session made ``connection`` (and closes it with the transaction)."""
+    entry = transaction._connections.get(connection)
+    return bool(entry is not None and entry[3])
+
+
+def _state_of(session: Session) -> _State | None:
+    state: _State | None = session.__dict__.get(STATE_ATTR)
+    return state
 
 
 @dataclass(eq=False)
@@ -91,6 +155,10 @@ class Installation:
     names: NamePolicy
     _restore: Callable[[], None] = field(repr=False)
     _listeners: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
+    _check: Callable[[Session, object], None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._check = self._check_switch  # one object: the info property compares it
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -99,43 +167,162 @@ class Installation:
     ) -> None:
         if transaction.nested:
             return  # a savepoint runs on the connection its transaction already set up
-        info = session.info
-        state: _State | None = info.get(STATE_KEY)
-        raw = info.get(self.info_key)
-        loaded = state.loaded if state is not None else None
+        state = _state_of(session)
+        if state is None:
+            state = session.__dict__[STATE_ATTR] = _State()
+        raw = session.info.get(self.info_key)
+        home: dict[str, Any] = connection.connection.info
+        claim: _Claim | None = home.get(CLAIM)
+        others = claim.others(state) if claim is not None else []
+        first = state.transaction is not transaction  # else: another bind of this transaction
         try:
             schema = self._schema_for(raw)
-            if state is not None and schema != state.schema:
-                if state.transaction is transaction:
-                    raise SchemaSwitchError(
-                        f"session.info[{self.info_key!r}] is {schema!r} but this transaction "
-                        f"already serves {state.schema!r}; do not change the tenant mid-transaction"
-                    )
-                if schema != loaded and len(session.identity_map):
-                    raise SchemaSwitchError(
-                        f"the session's tenant changed from {loaded!r} to {schema!r} while its "
-                        f"identity map holds {len(session.identity_map)} object(s) loaded for "
-                        f"{loaded!r}; call session.close() or session.expunge_all() first "
-                        "(better: one session per tenant)"
-                    )
-        except TenancyError:
-            info[STATE_KEY] = _State(transaction, raw, _FAILED, loaded)
-            # Nothing was applied: make the connection unusable rather than let a Core
-            # statement run against the default schema.
-            connection.invalidate()
+            if not first and not _same(schema, state.schema):
+                raise SchemaSwitchError(
+                    f"session.info[{self.info_key!r}] is {schema!r} but this transaction "
+                    f"already serves {state.schema!r}; do not change the tenant mid-transaction"
+                )
+            if (
+                first
+                and state.loaded is not _NOTHING
+                and not _same(schema, state.loaded)
+                and len(session.identity_map)
+            ):
+                raise SchemaSwitchError(
+                    f"the session's tenant changed from {state.loaded!r} to {schema!r} while its "
+                    f"identity map holds {len(session.identity_map)} object(s) loaded for "
+                    f"{state.loaded!r}; call session.close() or session.expunge_all() first "
+                    "(better: one session per tenant)"
+                )
+            if others and claim is not None and not _same(schema, claim.schema):
+                raise SchemaSwitchError(
+                    f"this database connection already serves tenant {claim.schema!r} for "
+                    f"another open session; a session for {schema!r} cannot use it at the same "
+                    "time. Bind each session to the engine (its own connection), or end the "
+                    "other session first."
+                )
+        except TenancyError as error:
+            self._refuse(state, transaction, raw, connection, others, error)
             raise
+        if first:
+            state.transaction, state.raw, state.held = transaction, raw, []
         # Marked failed until the strategy returns: an exception leaves it so.
-        info[STATE_KEY] = state = _State(transaction, raw, _FAILED, loaded)
+        state.schema = _FAILED
+        owned = _owned(transaction, connection)
+        if not others:
+            claim = home[CLAIM] = _Claim(schema, home)
+            if not owned:
+                claim.scope = connection.get_nested_transaction() or connection.get_transaction()
+        assert claim is not None
+        claim.holders.append(state.ref)
+        state.held.append((connection, claim, owned))
+        if not owned:
+            connection.execution_options(**{OUTLIVES_OPTION: True, CLAIM_OPTION: claim})
+            ensure_guard(connection.engine)
         try:
             self.strategy.apply(connection, schema)
         except BaseException as error:
             # Unless the strategy says its failure left the connection unable to reach the
-            # default schema (a search_path naming only the missing tenant), a Core statement
-            # on it must not run untenanted.
+            # default schema (a search_path that names no schema), a Core statement on it must
+            # not run untenanted.
             if not getattr(error, FAIL_CLOSED, False):
-                connection.invalidate()
+                self._disable(connection, others, str(error))
             raise
         state.schema = state.loaded = schema
+
+    def _refuse(
+        self,
+        state: _State,
+        transaction: SessionTransaction,
+        raw: object,
+        connection: Connection,
+        others: list[_State],
+        error: BaseException,
+    ) -> None:
+        if state.transaction is not transaction:
+            state.transaction, state.raw, state.held = transaction, raw, []
+        state.schema = _FAILED
+        self._disable(connection, others, str(error))
+
+    @staticmethod
+    def _disable(connection: Connection, others: list[_State], why: str) -> None:
+        """Make ``connection`` unusable for the refused session, sparing the other sessions."""
+        if not others:
+            connection.invalidate()  # nothing applied: no statement may run on it
+            return
+        if any(c is connection for other in others for c, _, _ in other.held):
+            return  # the very same Connection object serves the other session: leave it be
+        connection.execution_options(**{REFUSED_OPTION: why})
+        ensure_guard(connection.engine)
+
+    def _after_commit(self, session: Session) -> None:
+        state = _state_of(session)
+        if state is None or state.transaction is None:
+            return
+        for _, claim, owned in state.held:
+            pending = claim.home.pop(TEMP_PENDING, None)
+            if pending is not None:
+                # Committed: the connection's temporary objects are now this tenant's only. A
+                # commit of a session that joined an outer transaction proves nothing.
+                if owned:
+                    claim.home[TEMP_OWNER] = pending
+                else:
+                    claim.home.pop(TEMP_OWNER, None)
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        if transaction.nested:
+            return
+        state = _state_of(session)
+        if state is None or state.transaction is not transaction:
+            return
+        held, state.held, state.transaction = state.held, [], None
+        for connection, claim, owned in held:
+            if state.ref in claim.holders:
+                claim.holders.remove(state.ref)
+            others = claim.others(state)
+            if not others:
+                claim.home.pop(TEMP_PENDING, None)  # not committed: the old objects are back
+                if claim.home.get(CLAIM) is claim:
+                    del claim.home[CLAIM]
+            elif connection.closed:
+                # This session's own Connection went back to the pool, which rolled the shared
+                # DBAPI connection back (StaticPool): the others' transaction, and their tenant,
+                # are gone with it.
+                self._orphan(
+                    others,
+                    claim,
+                    "another session sharing this database connection "
+                    "ended, and the pool rolled the connection back",
+                )
+            if connection.closed or any(c is connection for o in others for c, _, _ in o.held):
+                continue
+            if not owned:
+                connection.execution_options(**{CLAIM_OPTION: None})
+            self._give_back(connection)
+
+    @staticmethod
+    def _orphan(others: list[_State], claim: _Claim, why: str) -> None:
+        """Refuse every statement of sessions whose tenant transaction ended under them."""
+        for other in others:
+            for connection, held_claim, _ in other.held:
+                if held_claim is claim and not connection.closed:
+                    connection.execution_options(
+                        **{REFUSED_OPTION: f"{why}; roll back or close this session"}
+                    )
+                    ensure_guard(connection.engine)
+
+    def _give_back(self, connection: Connection) -> None:
+        """Restore a Connection that outlives the session's transaction."""
+        if connection.invalidated:
+            return
+        try:
+            self.strategy.apply(connection, None)
+        except Exception as error:
+            connection.invalidate()
+            raise TenancyError(
+                f"could not restore the connection after a tenant session ({error}); it was "
+                "invalidated. Roll back the outer transaction."
+            ) from error
 
     def _schema_for(self, raw: object) -> str | None:
         if raw is None:
@@ -148,17 +335,50 @@ class Installation:
             return None
         return self.names.validate(raw)
 
+    def _check_switch(self, session: Session, new: object) -> None:
+        """Refuse a change of ``session.info[info_key]`` while the session holds the old tenant."""
+        current = dict.get(session.info, self.info_key)
+        if _same(new, current):
+            return
+        state = _state_of(session)
+        if state is not None and state.transaction is not None:
+            raise SchemaSwitchError(
+                f"session.info[{self.info_key!r}] cannot change from {current!r} to {new!r} in "
+                f"the middle of a transaction that serves {state.schema!r}; commit or roll back "
+                "first, then close the session (better: one session per tenant)"
+            )
+        if (
+            state is not None
+            and state.loaded is not _NOTHING
+            and not _same(new, state.loaded)
+            and len(session.identity_map)
+        ):
+            raise SchemaSwitchError(
+                f"session.info[{self.info_key!r}] cannot change to {new!r} while the identity "
+                f"map holds {len(session.identity_map)} object(s) loaded for {state.loaded!r} "
+                "(session.get() would return them with no SQL); call session.close() or "
+                "session.expunge_all() first (better: one session per tenant)"
+            )
+        if current is not None and (session.new or session.deleted):
+            raise SchemaSwitchError(
+                f"session.info[{self.info_key!r}] cannot change from {current!r} to {new!r} "
+                "while the session holds pending objects added for it; flush or expunge them "
+                "first (better: one session per tenant)"
+            )
+
     def _check_current(self, session: Session) -> None:
-        state: _State | None = session.info.get(STATE_KEY)
-        if state is None or state.transaction is not session.get_transaction():
+        state = _state_of(session)
+        if state is None or state.transaction is None:
             return  # no transaction begun yet: after_begin will apply the current tenant
+        if state.transaction is not session.get_transaction():
+            return
         if state.schema is _FAILED:
             raise TenancyError(
                 "this transaction could not apply its tenant (see the earlier error); "
                 "call session.rollback() or session.close() before using the session again"
             )
         current = session.info.get(self.info_key)
-        if not _same(current, state):
+        if not _same(current, state.raw) and not _same(current, state.schema):
             raise SchemaSwitchError(
                 f"session.info[{self.info_key!r}] changed to {current!r} in the middle of a "
                 f"transaction that serves {state.schema!r}; commit or roll back first, then "
@@ -176,12 +396,18 @@ class Installation:
     def _register(self) -> None:
         self._listeners = {
             "after_begin": self._after_begin,
+            "after_commit": self._after_commit,
+            "after_transaction_end": self._after_transaction_end,
             "do_orm_execute": self._do_orm_execute,
             "before_flush": self._before_flush,
         }
         for name, fn in self._listeners.items():
-            event.listen(self.session_class, name, fn)
+            # insert=True: sa_tenancy's after_begin runs before any other listener of the
+            # class (one registered earlier, or on a base class such as Session), so no
+            # listener's statement runs before the tenant is applied.
+            event.listen(self.session_class, name, fn, insert=True)
         setattr(self.session_class, _targets.INSTALLATION_ATTR, self)
+        self.session_class.info = info_property(self.info_key, self._check)  # type: ignore[assignment]
 
     def uninstall(self) -> None:
         """Remove the listeners and undo any change made to the target. Idempotent."""
@@ -191,6 +417,8 @@ class Installation:
             if event.contains(self.session_class, name, fn):
                 event.remove(self.session_class, name, fn)
         delattr(self.session_class, _targets.INSTALLATION_ATTR)
+        if isinstance(self.session_class.__dict__.get("info"), property):
+            del self.session_class.info
         self._restore()
 
     @property

@@ -6,10 +6,17 @@ SQLite has no schemas, but it can ``ATTACH`` another database file under a name,
 :class:`~sa_tenancy.TranslateMap` that, at each transaction begin, makes sure the tenant's file
 is the one attached to the connection under the tenant's name.
 
-Only the current tenant's file is attached: switching tenants detaches the previous one, so a
-pooled connection can reach one tenant at a time, and SQLite's limit of ten attached databases
-never matters. ``ATTACH`` is only allowed outside a transaction; the pysqlite driver opens its
-transaction lazily, after the begin event, which is when this runs.
+Only the current tenant's file is attached, and only while a tenant session uses the
+connection: it is detached when the connection goes back to the pool (together with any
+temporary table made meanwhile), so a plain checkout never reaches a tenant, and SQLite's limit
+of ten attached databases never matters. ``ATTACH`` is only allowed outside a transaction; the
+pysqlite driver opens its transaction lazily, after the begin event, which is when this runs.
+
+What SQLAlchemy does not translate (a ``text()`` fragment inside a ``select()``, a lightweight
+``table()``) resolves in ``main``; so a tenant is refused while ``main`` holds a table or view
+named like one of the tenant's: such a fragment then fails with "no such table" instead of
+reading the main database. A tenant name must be a plain file name, not ``main``/``temp``, and
+its file must not be the main database file (:mod:`sa_tenancy._dialect_names`).
 
 By default the tenant files live beside the main database file (``sqlite:///data/app.db`` →
 ``data/acme.db``); :func:`sa_tenancy.create_tenant` follows the same convention.
@@ -18,18 +25,27 @@ By default the tenant files live beside the main database file (``sqlite:///data
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from pathlib import Path
+from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import Pool
 
+from ._dialect_names import check_sqlite_file
+from ._dialect_names import check_sqlite_name
+from ._keys import SQLITE_ATTACHED
 from .exc import TenancyError
 from .exc import UnknownSchema
 from .strategies import TranslateMap
 
 __all__ = ["SQLiteFiles", "tenant_file"]
 
-# Pool-level (per DBAPI connection) record of which tenant file is attached, and under what name.
-_ATTACHED = "sa_tenancy_sqlite_attached"
+_cleaned_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+_lock = threading.Lock()
 
 
 def tenant_file(
@@ -45,6 +61,49 @@ def tenant_file(
             )
         directory = Path(main).resolve().parent
     return Path(directory) / f"{schema}.db"
+
+
+def _run(dbapi: Any, statement: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(statement, parameters)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _clean(dbapi: Any, info: dict[str, Any]) -> None:
+    """Detach the tenant file and drop temporary tables and views: nothing crosses a checkout."""
+    attached = info.pop(SQLITE_ATTACHED, None)
+    if attached is None:
+        return
+    for kind, name in _run(
+        dbapi, "SELECT type, name FROM temp.sqlite_master WHERE type IN ('table', 'view')"
+    ):
+        _run(dbapi, f"DROP {kind.upper()} IF EXISTS temp.{_quote(name)}")
+    _run(dbapi, f"DETACH DATABASE {_quote(attached[0])}")
+
+
+def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    if dbapi_connection is None or SQLITE_ATTACHED not in record.info:
+        return
+    try:
+        _clean(dbapi_connection, record.info)
+    except Exception:
+        record.invalidate()  # unknown state: never hand it out again
+
+
+def _clean_on_checkin(pool: Pool) -> None:
+    if pool in _cleaned_pools:
+        return
+    with _lock:
+        if not event.contains(pool, "checkin", _on_checkin):
+            event.listen(pool, "checkin", _on_checkin)
+        _cleaned_pools.add(pool)
 
 
 class SQLiteFiles(TranslateMap):
@@ -79,28 +138,20 @@ class SQLiteFiles(TranslateMap):
                 raise TenancyError(
                     f"SQLiteFiles works on SQLite only, not {connection.dialect.name}"
                 )
-            self._attach(connection, schema)
-        elif _ATTACHED in connection.connection.info:
-            self._detach(connection)
+            self._attach(connection, check_sqlite_name(schema))
+        else:
+            pooled = connection.connection
+            dbapi = pooled.dbapi_connection
+            if SQLITE_ATTACHED in pooled.info and not getattr(dbapi, "in_transaction", True):
+                _clean(dbapi, pooled.info)
         super().apply(connection, schema)
-
-    def _detach(self, connection: Connection) -> None:
-        pooled = connection.connection
-        name, _ = pooled.info.pop(_ATTACHED)
-        quote = connection.dialect.identifier_preparer.quote_identifier
-        dbapi = pooled.dbapi_connection
-        assert dbapi is not None  # a checked-out connection always has one
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute(f"DETACH DATABASE {quote(name)}")
-        finally:
-            cursor.close()
 
     def _attach(self, connection: Connection, schema: str) -> None:
         pooled = connection.connection
         path = tenant_file(connection, schema, self.directory)
-        if pooled.info.get(_ATTACHED) == (schema, path):
+        if pooled.info.get(SQLITE_ATTACHED) == (schema, path):
             return
+        check_sqlite_file(schema, path, connection.engine.url.database)
         if not self.create and not path.exists():
             raise UnknownSchema(
                 f"no SQLite file for tenant {schema!r} at {path}; create the tenant first "
@@ -113,15 +164,22 @@ class SQLiteFiles(TranslateMap):
                 "cannot attach the tenant's SQLite file inside a transaction that is already "
                 "open; do not emit BEGIN before the session's first statement"
             )
-        if _ATTACHED in pooled.info:
-            self._detach(connection)
-        quote = connection.dialect.identifier_preparer.quote_identifier
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute(f"ATTACH DATABASE ? AS {quote(schema)}", (str(path),))
-        finally:
-            cursor.close()
-        pooled.info[_ATTACHED] = (schema, path)
+        _clean_on_checkin(connection.engine.pool)
+        _clean(dbapi, pooled.info)
+        _run(dbapi, f"ATTACH DATABASE ? AS {_quote(schema)}", (str(path),))
+        pooled.info[SQLITE_ATTACHED] = (schema, path)
+        shared = _run(
+            dbapi,
+            f"SELECT m.name FROM main.sqlite_master AS m JOIN {_quote(schema)}.sqlite_master "
+            "AS t ON t.name = m.name WHERE m.type IN ('table', 'view') LIMIT 1",
+        )
+        if shared:
+            _clean(dbapi, pooled.info)
+            raise TenancyError(
+                f"the main database holds a table {shared[0][0]!r} like tenant {schema!r}: SQL "
+                "that SQLAlchemy does not translate would read it. Keep tenant tables out of the "
+                "main database file."
+            )
 
     def __repr__(self) -> str:
         return f"SQLiteFiles(directory={self.directory!r}, create={self.create!r})"

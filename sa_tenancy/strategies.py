@@ -8,8 +8,8 @@ connection goes back to a pool afterwards and must carry nothing to its next use
 Two strategies ship with the library:
 
 :class:`SearchPath`
-    ``SELECT set_config('search_path', :path, true)``, the transaction-scoped form of
-    ``SET LOCAL``, on PostgreSQL. Every statement of the transaction sees the tenant, raw
+    The transaction-scoped ``search_path`` (``SET LOCAL`` / ``set_config(..., true)``) on
+    PostgreSQL. Every statement of the transaction sees the tenant, raw
     ``text()`` SQL included. The server forgets the setting at ``COMMIT`` or ``ROLLBACK``, so a
     pooled connection (or a PgBouncer server connection in transaction mode) never keeps it. The
     same statement checks that the schema exists and is usable, because PostgreSQL silently
@@ -23,16 +23,22 @@ Two strategies ship with the library:
     writes the schema into every statement it compiles from :class:`~sqlalchemy.schema.Table`
     metadata: queries, flushes, lazy loads, refreshes. No round trip and no server state, and it
     works on PostgreSQL, MySQL/MariaDB and SQLite. SQLAlchemy cannot rewrite raw SQL, so raw SQL
-    in a tenant transaction is refused (:class:`~sa_tenancy.RawSQLRefused`) unless explicitly
-    allowed. The refusal is a dialect-level ``do_execute`` hook rather than a
-    ``before_cursor_execute`` engine event: engine events make SQLAlchemy dispatch half a dozen
-    hooks around every statement of every connection, a dialect hook costs one loop per
-    statement.
+    in a tenant transaction is refused (:class:`~sa_tenancy.RawSQLRefused`, see
+    :mod:`sa_tenancy._guard`) unless explicitly allowed. What SQLAlchemy does not translate
+    *inside* a statement (a ``text()`` fragment, a lightweight ``table()``) cannot be recognised
+    reliably, so the default schema is made unreachable instead: on PostgreSQL the transaction's
+    path names no schema at all (:mod:`sa_tenancy._pgpath`); on MySQL/MariaDB the default
+    database must share no table name with the tenant; on SQLite (:class:`~sa_tenancy.SQLiteFiles`)
+    neither may ``main``. Such a fragment then fails with the database's own "does not exist"
+    error.
+
+:class:`~sa_tenancy.Auto` (``strategy="auto"``) picks one per dialect; it lives in
+:mod:`sa_tenancy._auto`, which imports this module and :mod:`sa_tenancy.sqlite` (never the
+other way round).
 """
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -40,32 +46,23 @@ from typing import Any
 from typing import Protocol
 from typing import runtime_checkable
 
-from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.util import LRUCache
 
-from . import _psycopg
-from .exc import FAIL_CLOSED
+from . import _dialect_names
+from . import _pgpath
+from ._guard import ensure_guard
+from ._keys import ALLOW_RAW_SQL
+from ._keys import DEFAULT_DB_CHECKED
+from ._keys import SAVED_MAP_OPTION
+from ._keys import TENANT_OPTION
 from .exc import InvalidSchemaName
-from .exc import RawSQLRefused
 from .exc import TenancyError
-from .exc import UnknownSchema
 from .names import validate_extra_schema
 
-__all__ = ["ALLOW_RAW_SQL", "Auto", "SearchPath", "Strategy", "TranslateMap", "resolve_strategy"]
-
-#: Execution option that lets one statement (or a whole connection) run raw SQL in a
-#: ``translate_map`` tenant transaction:
-#: ``text(...).execution_options(sa_tenancy_allow_raw_sql=True)``.
-ALLOW_RAW_SQL = "sa_tenancy_allow_raw_sql"
-
-# Execution options set, in place, on a tenant transaction's connection by TranslateMap: the
-# tenant (read by the raw-SQL guard) and the translate map that was there before (restored when
-# the same Connection object later serves a transaction without a tenant).
-_TENANT_OPTION = "sa_tenancy_schema"
-_PREVIOUS_MAP_OPTION = "sa_tenancy_previous_map"
+__all__ = ["ALLOW_RAW_SQL", "SearchPath", "Strategy", "TranslateMap"]
 
 
 @runtime_checkable
@@ -78,43 +75,19 @@ class Strategy(Protocol):
     transaction, and must raise rather than silently do nothing when it cannot work on this
     connection. ``schema`` is already validated; it is ``None`` when the session has no tenant
     (and the installation does not require one), in which case the strategy undoes anything it
-    may have left on this very ``Connection`` object.
+    may have left on this very ``Connection`` object. It is also called with ``None`` when a
+    session's transaction ends on a ``Connection`` that outlives it (a session bound to a
+    ``Connection``), so that the ``Connection`` goes back to its owner as it was.
     """
 
     def apply(self, connection: Connection, schema: str | None) -> None:
         """Make ``connection`` serve ``schema`` for the current transaction."""
 
 
-# One statement: set the transaction-local path and report whether the schema exists and may be
-# used. to_regnamespace() takes an identifier (so the quoted form is passed: "Acme" must not be
-# folded to acme); it returns NULL instead of raising for a missing schema.
-_CHECK_SQL = (
-    "n IS NOT NULL, coalesce(has_schema_privilege(n, 'USAGE'), false) "
-    "FROM (SELECT to_regnamespace(CAST({schema} AS text)) AS n) AS tenant"
-)
-_SET_PATH = text(
-    "SELECT set_config('search_path', :path, true), " + _CHECK_SQL.format(schema=":schema")
-)
-
-
-def _pg_identifier(name: str) -> str:
-    """``name`` as a PostgreSQL quoted identifier, for use as a *value* or in unprocessed SQL.
-
-    Not the dialect's ``quote_identifier``: for pyformat drivers (psycopg) SQLAlchemy also
-    doubles ``%`` there, which is right in SQL text that goes through parameter formatting and
-    wrong in a bound value or a parameterless simple query, where ``"%%"`` names another schema.
-    """
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _path_only(error: UnknownSchema) -> UnknownSchema:
-    """Mark ``error`` as leaving a path that names only the unusable tenant (and ``pg_temp``).
-
-    Unqualified names then resolve nowhere, so the connection cannot reach the default schema
-    and need not be invalidated: an unknown tenant (a 404 in a web app) costs no reconnect.
-    """
-    setattr(error, FAIL_CLOSED, True)
-    return error
+def _autocommit(connection: Connection) -> bool:
+    """Whether the DBAPI connection is in autocommit (what SQLAlchemy itself sets)."""
+    dbapi = connection.connection.dbapi_connection
+    return bool(getattr(dbapi, "autocommit", False))
 
 
 class SearchPath:
@@ -127,7 +100,9 @@ class SearchPath:
         may use it; raise :class:`~sa_tenancy.UnknownSchema` otherwise. Leave it on.
 
     The path ends with ``pg_temp``: PostgreSQL otherwise searches temporary tables *first*, and
-    a temporary table named like a tenant table would shadow it.
+    a temporary table named like a tenant table would shadow it. Temporary objects never cross
+    tenants: a pooled connection that may hold another tenant's discards them first, in the same
+    message.
 
     On psycopg 3 (sync and async) the path and the check travel in one message with the
     transaction's ``BEGIN``, which psycopg would otherwise send on its own before the first
@@ -145,18 +120,23 @@ class SearchPath:
     name = "search_path"
 
     def __init__(self, *, extra_schemas: Iterable[str] = (), check_exists: bool = True) -> None:
+        if isinstance(extra_schemas, str):
+            raise TenancyError(
+                f"extra_schemas must be a list of schema names, not the str {extra_schemas!r} "
+                f"(which would be read letter by letter); write [{extra_schemas!r}]"
+            )
         self.extra_schemas = tuple(validate_extra_schema(s) for s in extra_schemas)
         self.check_exists = check_exists
+        self._suffix = "".join(", " + _pgpath.pg_identifier(s) for s in self.extra_schemas)
+        self._suffix += ", pg_temp"
 
     def search_path(self, connection: Connection, schema: str) -> str:
         """The ``search_path`` value for ``schema``: quoted tenant, extras, then ``pg_temp``."""
-        parts = [_pg_identifier(schema)]
-        parts.extend(_pg_identifier(s) for s in self.extra_schemas)
-        parts.append("pg_temp")
-        return ", ".join(parts)
+        return _pgpath.pg_identifier(schema) + self._suffix
 
     def apply(self, connection: Connection, schema: str | None) -> None:
         if schema is None:
+            _pgpath.restore(connection)
             return
         dialect = connection.dialect
         if dialect.name != "postgresql":
@@ -164,93 +144,35 @@ class SearchPath:
                 f"the search_path strategy needs PostgreSQL, not {dialect.name}; "
                 "use strategy='translate_map' on this database"
             )
-        pooled = connection.connection
-        if getattr(pooled.dbapi_connection, "autocommit", False):
+        if _autocommit(connection):
             raise TenancyError(
                 "the search_path strategy cannot work on an AUTOCOMMIT connection: SET LOCAL "
                 "would end with each statement and queries would read the default schema. "
                 "Use a transactional engine for tenant sessions, or strategy='translate_map'."
             )
         if schema == "$user":
-            connection.invalidate()  # nothing applied: no statement may run on it
             raise InvalidSchemaName(
                 "tenant schema name '$user' cannot be used with the search_path strategy: on a "
                 "search_path it always means the schema named after the current role. Rename "
                 "the tenant or use strategy='translate_map'."
             )
-        path = self.search_path(connection, schema)
-        quoted = _pg_identifier(schema)
-        if dialect.driver == "psycopg":
-            current = _psycopg.begin_with_path(
-                connection, pooled.driver_connection, path, check=self.check_exists
-            )
-            if current is not _psycopg.NOT_SENT and (current == schema or not self.check_exists):
-                return
-            # Not sent (a transaction is already open on the server), or the tenant is not the
-            # first usable schema of the path: the statement below applies it, or says why not.
-        _, exists, usable = connection.execute(_SET_PATH, {"path": path, "schema": quoted}).one()
-        if self.check_exists and not exists:
-            raise _path_only(
-                UnknownSchema(
-                    f"schema {schema!r} does not exist; create the tenant first "
-                    "(sa_tenancy.create_tenant) or check the name"
-                )
-            )
-        if self.check_exists and not usable:
-            raise _path_only(
-                UnknownSchema(
-                    f"schema {schema!r} exists but the current role has no USAGE privilege on "
-                    "it; PostgreSQL would skip it on the search_path. GRANT USAGE to the app's "
-                    "role."
-                )
-            )
+        _pgpath.apply(
+            connection, self.search_path(connection, schema), tenant=schema, check=self.check_exists
+        )
 
     def __repr__(self) -> str:
         return f"SearchPath(extra_schemas={self.extra_schemas!r})"
 
 
-def _refuse_raw_sql(statement: str, context: Any) -> None:
-    """No untranslatable SQL in a translate-map tenant transaction.
+_ENGINE_DEFAULT = object()
 
-    It acts only on connections that a :class:`TranslateMap` marked for a tenant; every other
-    statement of the engine pays one dictionary lookup.
-    """
-    if context is None:
-        return
-    options = context.execution_options
-    schema = options.get(_TENANT_OPTION)
-    if schema is None or options.get(ALLOW_RAW_SQL):
-        return
-    compiled = context.compiled
-    if compiled is not None and not isinstance(compiled.statement, TextClause):
-        return
-    raise RawSQLRefused(
-        f"raw SQL in a tenant transaction for schema {schema!r}: the translate_map strategy "
-        "cannot rewrite it and it would run against the default schema. Qualify the names "
-        "yourself, use the search_path strategy, or allow it explicitly with "
-        f"execution_options({ALLOW_RAW_SQL}=True) (or install(..., allow_raw_sql=True)). "
-        f"Statement: {statement[:200]!r}"
-    )
-
-
-# The guard as DialectEvents hooks: they run just before the DBAPI call, inside SQLAlchemy's
-# error handling (so the transaction stays usable after a refusal), and returning None lets the
-# dialect execute as usual.
-
-
-def _guard_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
-    _refuse_raw_sql(statement, context)
-
-
-def _guard_execute_no_params(cursor: Any, statement: str, context: Any) -> None:
-    _refuse_raw_sql(statement, context)
-
-
-_GUARDS = (
-    ("do_execute", _guard_execute),
-    ("do_execute_no_params", _guard_execute_no_params),
-    ("do_executemany", _guard_execute),
-)
+# MySQL/MariaDB: does the connection's default database hold a table named like one of the
+# tenant's? Untranslated SQL would read it.
+_SHARED_NAMES = text(
+    "SELECT d.table_name FROM information_schema.tables AS d "
+    "JOIN information_schema.tables AS t ON t.table_name = d.table_name "
+    "WHERE d.table_schema = DATABASE() AND t.table_schema = :schema LIMIT 1"
+).execution_options(**{ALLOW_RAW_SQL: True})
 
 
 class TranslateMap:
@@ -265,12 +187,25 @@ class TranslateMap:
 
     Setting the map *in place* matters: options given to ``Session(execution_options=...)`` do not
     reach flushes on SQLAlchemy 2.0, while a connection's own options cover everything the ORM
-    sends on it. A ``Connection`` object lives for one session transaction, so nothing survives
-    to the next checkout.
+    sends on it. What the Connection had before is restored when a session's transaction ends
+    on a Connection that outlives it.
+
+    Tenant statements compile into a compiled cache of their own: SQLAlchemy's cache key does
+    not say whether a statement was compiled with ``None`` in the map, so a statement compiled
+    elsewhere on the engine with a map lacking ``None`` would otherwise make every tenant
+    transaction running it fail.
+
+    Untranslated SQL fails closed: on PostgreSQL the transaction's ``search_path`` names no
+    schema (it travels with psycopg's ``BEGIN``, so no round trip more; one
+    more with other drivers), on MySQL/MariaDB the default database must share no table name
+    with the tenant (checked once per pooled connection and tenant), on SQLite neither may
+    ``main``. A fragment SQLAlchemy did not translate then fails with "does not exist".
 
     .. warning::
        A missing schema is not detected in advance (that would cost a round trip); the first
-       statement fails with the database's "relation does not exist" error instead.
+       statement fails with the database's "relation does not exist" error instead. Under
+       ``AUTOCOMMIT`` on PostgreSQL no transaction-scoped path can be set: only top-level raw
+       SQL is refused there.
     """
 
     name = "translate_map"
@@ -285,8 +220,9 @@ class TranslateMap:
             if placeholder is not None:
                 validate_extra_schema(placeholder)
         self.allow_raw_sql = allow_raw_sql
-        self._guarded: weakref.WeakSet[Engine] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._caches: weakref.WeakKeyDictionary[Engine, LRUCache[Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def translate_map(
         self, schema: str, base: Mapping[str | None, str | None] | None = None
@@ -299,38 +235,73 @@ class TranslateMap:
 
     def apply(self, connection: Connection, schema: str | None) -> None:
         options = connection.get_execution_options()
+        dialect = connection.dialect.name
         if schema is None:
-            # Only a Connection object that outlives a transaction (a session bound to a
-            # Connection) can still carry our map; give it back the map it had.
-            if _TENANT_OPTION in options:
+            saved = options.get(SAVED_MAP_OPTION)
+            if saved is not None:
+                previous_map, previous_cache = saved
+                if previous_cache is _ENGINE_DEFAULT:
+                    previous_cache = connection.engine._compiled_cache
                 connection.execution_options(
-                    schema_translate_map=options.get(_PREVIOUS_MAP_OPTION),
-                    **{_TENANT_OPTION: None, _PREVIOUS_MAP_OPTION: None},
+                    schema_translate_map=previous_map,
+                    compiled_cache=previous_cache,
+                    **{TENANT_OPTION: None, SAVED_MAP_OPTION: None},
                 )
+            if dialect == "postgresql":
+                _pgpath.restore(connection)
             return
-        if _TENANT_OPTION in options and options[_TENANT_OPTION] is not None:
-            base = options.get(_PREVIOUS_MAP_OPTION)
-        else:
-            base = options.get("schema_translate_map")
-        extra: dict[str, Any] = {_TENANT_OPTION: schema, _PREVIOUS_MAP_OPTION: base}
+        if dialect == "postgresql":
+            _pgpath.fits_server(connection, schema)
+            if not _autocommit(connection):
+                _pgpath.apply(connection, _pgpath.NO_SCHEMA, tenant=schema, check=False)
+        elif dialect in ("mysql", "mariadb"):
+            self._check_default_database(connection, schema)
+        saved = options.get(SAVED_MAP_OPTION)
+        if saved is None:
+            saved = (
+                options.get("schema_translate_map"),
+                options.get("compiled_cache", _ENGINE_DEFAULT),
+            )
+        extra: dict[str, Any] = {
+            TENANT_OPTION: schema,
+            SAVED_MAP_OPTION: saved,
+            "schema_translate_map": self.translate_map(schema, saved[0]),
+        }
+        cache = self._cache_for(connection.engine)
+        if cache is not None:
+            extra["compiled_cache"] = cache
         if self.allow_raw_sql:
             extra[ALLOW_RAW_SQL] = True  # another installation may have guarded this engine
-        connection.execution_options(schema_translate_map=self.translate_map(schema, base), **extra)
+        connection.execution_options(**extra)
         if not self.allow_raw_sql:
-            self._guard(connection.engine)
+            ensure_guard(connection.engine)
 
-    def _guard(self, engine: Engine) -> None:
-        # An OptionEngine (engine.execution_options(...)) shares its parent's dialect; guard
-        # the parent once instead of every short-lived proxy.
+    def _cache_for(self, engine: Engine) -> LRUCache[Any, Any] | None:
         root: Engine = getattr(engine, "_proxied", engine)
-        if root in self._guarded:
+        cache = self._caches.get(root)
+        if cache is None:
+            shared = root._compiled_cache
+            if shared is None:
+                return None  # the engine caches nothing (query_cache_size=0)
+            cache = self._caches.setdefault(root, LRUCache(getattr(shared, "capacity", 500)))
+        return cache
+
+    @staticmethod
+    def _check_default_database(connection: Connection, schema: str) -> None:
+        _dialect_names.check_mysql(schema, connection.engine.url.database)
+        home = connection.connection.info
+        checked: set[str] = home.setdefault(DEFAULT_DB_CHECKED, set())
+        if schema in checked:
             return
-        with self._lock:
-            for name, fn in _GUARDS:
-                if not event.contains(root, name, fn):
-                    # insert=True: before any hook that executes the statement itself
-                    event.listen(root, name, fn, insert=True)
-            self._guarded.add(root)
+        shared = connection.execute(_SHARED_NAMES, {"schema": schema}).scalar()
+        if shared is not None:
+            raise TenancyError(
+                f"the connection's default database holds a table {shared!r} like tenant "
+                f"{schema!r}: SQL that SQLAlchemy does not translate would read it. Connect "
+                "without a default database (no database in the URL), or keep tenant tables "
+                "out of it."
+            )
+        checked.add(schema)
 
     def __repr__(self) -> str:
         return (
@@ -339,60 +310,6 @@ class TranslateMap:
         )
 
 
-class Auto:
-    """Pick the strategy by dialect, per connection: the one-line default for portable code.
-
-    PostgreSQL gets :class:`SearchPath` (raw SQL follows the tenant), SQLite gets
-    :class:`~sa_tenancy.SQLiteFiles` (tenants as attached files beside the main database), and
-    every other dialect :class:`TranslateMap`.
-    """
-
-    name = "auto"
-
-    def __init__(self, *, extra_schemas: Iterable[str] = (), allow_raw_sql: bool = False) -> None:
-        from .sqlite import SQLiteFiles  # sqlite builds on this module
-
-        self.by_dialect: dict[str, Strategy] = {
-            "postgresql": SearchPath(extra_schemas=extra_schemas),
-            "sqlite": SQLiteFiles(allow_raw_sql=allow_raw_sql),
-        }
-        self.default: Strategy = TranslateMap(allow_raw_sql=allow_raw_sql)
-
-    def apply(self, connection: Connection, schema: str | None) -> None:
-        self.by_dialect.get(connection.dialect.name, self.default).apply(connection, schema)
-
-    def __repr__(self) -> str:
-        return "Auto()"
-
-
-for _cls in (Strategy, SearchPath, TranslateMap, Auto):
+for _cls in (Strategy, SearchPath, TranslateMap):
     _cls.__module__ = "sa_tenancy"
 del _cls
-
-
-def resolve_strategy(
-    strategy: str | Strategy,
-    *,
-    extra_schemas: Iterable[str] = (),
-    allow_raw_sql: bool = False,
-) -> Strategy:
-    """Turn ``install()``'s ``strategy=`` argument into a :class:`Strategy` object."""
-    if strategy == "search_path":
-        return SearchPath(extra_schemas=extra_schemas)
-    if strategy == "auto":
-        return Auto(extra_schemas=extra_schemas, allow_raw_sql=allow_raw_sql)
-    if strategy == "translate_map":
-        if tuple(extra_schemas):
-            raise TenancyError(
-                "extra_schemas applies to the search_path strategy only; with translate_map, "
-                "declare shared tables with an explicit schema instead"
-            )
-        return TranslateMap(allow_raw_sql=allow_raw_sql)
-    if isinstance(strategy, str):
-        raise TenancyError(
-            f"unknown strategy {strategy!r}: use 'search_path', 'translate_map', 'auto' or an "
-            "object with an apply(connection, schema) method"
-        )
-    if not isinstance(strategy, Strategy):
-        raise TenancyError(f"{strategy!r} is not a Strategy: it needs apply(connection, schema)")
-    return strategy

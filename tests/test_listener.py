@@ -169,11 +169,13 @@ def test_switch_with_objects_in_identity_map_is_refused(SessionLocal, two_tenant
     with SessionLocal(info={"schema": a}) as session:
         note = session.get(Note, 1)
         session.commit()  # expires note; a refresh under b would load b's row into it
-        session.info["schema"] = b
         with pytest.raises(SchemaSwitchError, match="identity map"):
-            _ = note.body
+            session.info["schema"] = b  # refused when it is written, before any use
+        assert session.info["schema"] == a
+        assert note.body == "a"
         session.rollback()
         session.expunge_all()
+        session.info["schema"] = b
         assert session.get(Note, 1).body == "b"  # empty identity map: switch allowed
         session.close()
         session.info["schema"] = a
@@ -184,7 +186,10 @@ def test_switch_in_the_middle_of_a_transaction_is_refused(SessionLocal, two_tena
     a, b = two_tenants
     with SessionLocal(info={"schema": a}) as session:
         session.execute(select(Note)).all()
-        session.info["schema"] = b
+        with pytest.raises(SchemaSwitchError, match="middle of a transaction"):
+            session.info["schema"] = b
+        # A write that bypasses the guarded dict is still caught at the next statement.
+        dict.__setitem__(session.info, "schema", b)
         with pytest.raises(SchemaSwitchError, match="middle of a transaction"):
             session.execute(select(Note)).all()
         with pytest.raises(SchemaSwitchError):

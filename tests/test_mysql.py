@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy import make_url
 from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -22,8 +24,16 @@ from .models import tenant_metadata
 
 
 @pytest.fixture
-def MySession(mysql_engine):
-    factory = sessionmaker(mysql_engine)
+def server_engine(mysql_url):
+    """An engine with no default database: what untranslated SQL would read does not exist."""
+    engine = create_engine(make_url(mysql_url)._replace(database=None), pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def MySession(server_engine):
+    factory = sessionmaker(server_engine)
     installation = sa_tenancy.install(factory, strategy="translate_map")
     yield factory
     installation.uninstall()
@@ -45,17 +55,30 @@ def test_mysql_isolation_and_relationships(MySession, mysql_tenants):
         assert sorted(session.scalars(select(Note.body))) == sorted([b, "b-savepoint"])
     with MySession(info={"schema": a}) as session:
         assert session.scalars(select(Note.body)).all() == [a]
-    with MySession() as session:  # no tenant: the connection's own database
-        assert session.scalars(select(Note.body)).all() == [DECOY]
+    with MySession() as session:  # no tenant: no map, and no default database to read
+        with pytest.raises(DBAPIError, match="(?i)no database selected"):
+            session.scalars(select(Note.body)).all()
 
 
-def test_mysql_no_leak_to_next_checkout(MySession, mysql_engine, mysql_tenants):
+def test_mysql_no_leak_to_next_checkout(MySession, server_engine, mysql_tenants):
     (a,) = mysql_tenants(tenant_metadata, 1)
     with MySession(info={"schema": a}) as session:
         session.add(Note(id=1, body="a"))
         session.commit()
-    with mysql_engine.connect() as conn:
+    with server_engine.connect() as conn:
         assert "schema_translate_map" not in conn.get_execution_options()
+        assert conn.exec_driver_sql("SELECT DATABASE()").scalar() is None
+
+
+def test_mysql_default_database_with_tenant_tables_is_refused(mysql_engine, mysql_tenants):
+    """The URL's database holds tenant-named tables: untranslated SQL would read them."""
+    (a,) = mysql_tenants(tenant_metadata, 1)  # also puts decoy tables in the URL's database
+    factory = sessionmaker(mysql_engine)
+    sa_tenancy.install(factory, strategy="translate_map")
+    with factory(info={"schema": a}) as session:
+        with pytest.raises(TenancyError, match="default database holds a table"):
+            session.execute(select(Note)).all()
+    with mysql_engine.connect() as conn:  # nothing was written anywhere
         assert conn.execute(select(Note.body)).scalars().all() == [DECOY]
 
 

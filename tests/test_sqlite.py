@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import create_engine
-from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 import sa_tenancy
@@ -24,9 +24,8 @@ from .models import tenant_metadata
 @pytest.fixture
 def engine(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path}/app.db", pool_size=1, max_overflow=0)
-    tenant_metadata.create_all(engine)  # the main database is the decoy
-    with engine.begin() as conn:
-        conn.execute(insert(Note).values(id=1, body="main-decoy"))
+    with engine.begin() as conn:  # the main database holds only its own (shared) tables
+        conn.exec_driver_sql("CREATE TABLE settings (k text PRIMARY KEY, v text)")
     yield engine
     engine.dispose()
 
@@ -54,7 +53,9 @@ def test_sqlite_tenants_are_files(engine, factory, tmp_path):
             assert session.scalars(select(Note.body)).all() == [name]
             assert [b.title for b in session.get(Author, 1).books] == [f"{name}-book"]
     with factory() as session:
-        assert session.scalars(select(Note.body)).all() == ["main-decoy"]
+        with pytest.raises(OperationalError, match="no such table: notes"):
+            session.scalars(select(Note.body)).all()  # no tenant: nothing attached, no map
+        session.rollback()
         attached = session.execute(text("PRAGMA database_list")).all()
         assert [r[1] for r in attached if r[1] != "temp"] == ["main"]  # no tenant left attached
     sa_tenancy.drop_tenant(engine, "globex")

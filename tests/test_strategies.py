@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 import sa_tenancy
@@ -251,8 +252,10 @@ def test_translate_map_raw_sql_opt_in(pg_engine, two_tenants):
     sa_tenancy.uninstall(factory)
     sa_tenancy.install(factory, strategy="translate_map", allow_raw_sql=True)
     with factory(info={"schema": two_tenants[0]}) as session:
-        # allowed, and NOT translated: the unqualified name reads public. Hence the default.
-        assert session.execute(text("SELECT body FROM notes")).scalars().all() == [DECOY]
+        # allowed, and NOT translated: the unqualified name resolves nowhere (the transaction's
+        # search_path names no schema), never in public.
+        with pytest.raises(ProgrammingError, match='relation "notes" does not exist'):
+            session.execute(text("SELECT body FROM notes"))
 
 
 def test_raw_sql_in_sessions_without_tenant_is_untouched(TranslateSession, pg_engine, two_tenants):

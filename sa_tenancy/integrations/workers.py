@@ -45,12 +45,12 @@ from typing import TypeVar
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from .._auto import Auto
 from ..exc import TenancyError
 from ..exc import UnknownSchema
 from ..lifecycle import list_tenants
 from ..listener import Installation
 from ..sqlite import SQLiteFiles
-from ..strategies import Auto
 from ._errors import bind_of
 from ._errors import tenant_missing
 from ._resolve import require_installation
