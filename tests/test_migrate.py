@@ -7,6 +7,7 @@ tenant it finds. The revision ``r2`` adds a column and logs ``current_schema()``
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -212,3 +213,33 @@ def test_upgrade_tenant_leaves_the_connection_as_it_found_it(fleet_url, fleet_en
     with pytest.raises(sa_tenancy.TenancyError, match="inside a transaction"):
         with fleet_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             upgrade_tenant(conn, name, ini)
+
+
+#: The migration modules, highest first: each may import only modules after it.
+LAYERS = ["migrate", "_status", "_fleet", "_alembic"]
+
+
+def test_migration_modules_import_one_way():
+    # Every import counts, including those inside functions: a lazy import back up the chain
+    # is still a cycle, only a hidden one.
+    package = ROOT / "sa_tenancy"
+    for level, module in enumerate(LAYERS):
+        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:  # from .x import y
+                imported.add(node.module.split(".")[0])
+            elif node.level == 1:  # from . import x
+                imported.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("sa_tenancy."):
+                imported.add(node.module.split(".")[1])
+        upward = imported & set(LAYERS[: level + 1])
+        assert not upward, f"sa_tenancy/{module}.py imports {sorted(upward)}"
+    # The public names stay where users (and lifecycle, cli, env.py files) import them from.
+    import sa_tenancy.migrate as migrate
+
+    for name in migrate.__all__:
+        assert getattr(migrate, name) is not None
+    assert migrate.TenantResult is sa_tenancy.TenantResult
