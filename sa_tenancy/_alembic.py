@@ -7,8 +7,11 @@ migration runs inside a transaction the caller owns:
 1. ``set_config(..., true)`` the ``search_path`` to the tenant (Alembic's ``ALTER`` operations
    ignore translate maps, alembic#555), plus ``lock_timeout`` and ``statement_timeout``: all
    transaction-scoped, so nothing is left on the connection afterwards;
-2. run ``env.py``, which calls :func:`run_tenant_migrations`: it configures Alembic with
-   ``version_table_schema`` set to the tenant (each tenant has its own ``alembic_version``).
+2. run ``env.py``, which calls :func:`run_tenant_migrations`: it puts the opt-in extra schemas
+   (``public`` for extensions' functions and types) after the tenant on the path, and
+   configures Alembic with ``version_table_schema`` set to the tenant (each tenant has its own
+   ``alembic_version``) and with name filters that keep that table and the ledger out of
+   autogenerate's comparison.
 
 Alembic is imported only when one of these functions runs: ``import sa_tenancy`` never does.
 """
@@ -16,6 +19,7 @@ Alembic is imported only when one of these functions runs: ``import sa_tenancy``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -24,9 +28,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
+from . import _autogen
 from . import _ledger
 from .exc import TenancyError
 from .names import NamePolicy
+from .names import validate_extra_schema
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -138,6 +144,7 @@ def run_tenant_migrations(
     context: EnvironmentContext,
     *,
     target_metadata: Any = None,
+    extra_schemas: Sequence[str] = (),
     **configure_kwargs: Any,
 ) -> None:
     """Run the current Alembic command for one tenant; call it from ``env.py``.
@@ -151,23 +158,35 @@ def run_tenant_migrations(
     ``version_table_schema`` set to the tenant, and ``configure_kwargs`` go to
     ``context.configure`` (e.g. ``compare_type=True``).
 
+    ``extra_schemas`` are searched after the tenant, for this transaction only: a migration
+    that uses an extension's function or type (``uuid_generate_v4()``, ``citext``) installed in
+    ``public`` needs ``extra_schemas=["public"]``, because ``public`` is otherwise not on the
+    path. Unqualified new objects are still created in the tenant, the first schema.
+
+    For ``alembic revision --autogenerate``, the tenant's ``alembic_version`` and sa_tenancy's
+    ledger schema are left out of the comparison (else every generated revision would drop the
+    version table), and so are tables that are visible only through ``extra_schemas``. An
+    ``include_name`` or ``include_object`` of your own still applies: an object is compared
+    only if both it and sa_tenancy's filter include it.
+
     Example ``env.py``::
 
         from alembic import context
         from sa_tenancy.migrate import run_tenant_migrations
         from myapp.models import Base
 
-        run_tenant_migrations(context, target_metadata=Base.metadata)
+        run_tenant_migrations(context, target_metadata=Base.metadata, extra_schemas=["public"])
     """
     if context.is_offline_mode():
         raise TenancyError(
             "offline (--sql) mode is not supported per tenant; run against a database"
         )
+    extras = [validate_extra_schema(s) for s in _as_list(extra_schemas)]
     cfg = context.config
     conn = cfg.attributes.get(CONNECTION_KEY)
     schema = cfg.attributes.get(SCHEMA_KEY)
     if conn is not None and schema is not None:
-        _configure_and_run(context, conn, schema, target_metadata, configure_kwargs)
+        _configure_and_run(context, conn, schema, extras, target_metadata, configure_kwargs)
         return
     tenant = context.get_x_argument(as_dictionary=True).get("tenant")
     if not tenant:
@@ -180,7 +199,7 @@ def run_tenant_migrations(
     try:
         with engine.connect() as conn, conn.begin():
             saved = enter(conn, schema)
-            _configure_and_run(context, conn, schema, target_metadata, configure_kwargs)
+            _configure_and_run(context, conn, schema, extras, target_metadata, configure_kwargs)
             leave(conn, saved)
             _ledger.ensure(conn)
             _ledger.set_revision(conn, schema, current_revision(conn, schema))
@@ -188,13 +207,24 @@ def run_tenant_migrations(
         engine.dispose()
 
 
+def _as_list(schemas: Sequence[str]) -> list[str]:
+    # A bare string is a Sequence[str] too; "public" must not become six one-letter schemas.
+    if isinstance(schemas, str):
+        raise TenancyError(f"extra_schemas is a list of names; write [{schemas!r}]")
+    return list(schemas)
+
+
 def _configure_and_run(
     context: EnvironmentContext,
     conn: Connection,
     schema: str,
+    extras: list[str],
     target_metadata: Any,
     configure_kwargs: dict[str, Any],
 ) -> None:
+    if extras:
+        path = ", ".join(_ledger.ident(s) for s in [schema, *extras])
+        conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": path})
     applied = context.config.attributes.get(_APPLIED_KEY)
     if applied is not None:
         # Count the steps Alembic applies, so the fleet runner can tell "migrated" from
@@ -207,6 +237,7 @@ def _configure_and_run(
                 user_hook(**kw)
 
         configure_kwargs["on_version_apply"] = on_version_apply
+    _autogen.add_filters(configure_kwargs, conn, schema)
     context.configure(
         connection=conn,
         target_metadata=target_metadata,

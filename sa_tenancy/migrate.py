@@ -8,7 +8,8 @@ only go down this list:
 * :mod:`sa_tenancy._status`: :func:`tenant_status`, the drift report;
 * :mod:`sa_tenancy._fleet`: the worker processes, and :class:`TenantResult`;
 * :mod:`sa_tenancy._alembic`: one tenant's run (:func:`run_tenant_migrations` for ``env.py``,
-  :func:`upgrade_tenant`, :func:`stamp_tenant`, revisions and configuration).
+  :func:`upgrade_tenant`, :func:`stamp_tenant`, revisions and configuration);
+* :mod:`sa_tenancy._autogen`: what autogenerate compares in a tenant (its own tables only).
 
 Every name is importable from here, as it always was.
 
@@ -19,7 +20,8 @@ For each tenant, in one transaction:
    it as *busy* and, on a later run, finds it current;
 2. ``set_config(..., true)`` the ``search_path`` to the tenant, plus ``lock_timeout`` and
    ``statement_timeout``: all transaction-scoped, so nothing is left on the connection;
-3. run ``env.py`` with ``version_table_schema`` set to the tenant;
+3. run ``env.py`` with ``version_table_schema`` set to the tenant (and its ``extra_schemas``,
+   e.g. ``public`` for extensions, after the tenant on the path);
 4. write the new revision to the ledger (:mod:`sa_tenancy._ledger`) and commit: the migration
    and its ledger row succeed or fail together.
 
