@@ -1,4 +1,4 @@
-"""The worker side of :func:`sa_tenancy.migrate.migrate_tenants`.
+"""The worker side of :func:`sa_tenancy.migrate.migrate_tenants`, and what it reports.
 
 Each worker is a fresh process (``spawn``): it imports Alembic, loads the configuration, parses
 the revision map and opens one connection **once**, in :func:`init_worker`, then migrates every
@@ -8,6 +8,9 @@ wrong (``op`` and ``context`` are process-global).
 
 The per-worker objects below are process state for the worker's whole life (an engine and a
 parsed configuration), never tenant state: the tenant is an argument of every call.
+
+Imports go one way: :mod:`sa_tenancy.migrate` (the parent side) imports this module, and this
+module imports only :mod:`sa_tenancy._alembic` (one tenant's run) and the ledger.
 """
 
 from __future__ import annotations
@@ -22,11 +25,32 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 
 from . import _ledger
-from .migrate import ENTER_SQL
-from .migrate import TenantResult
-from .migrate import enter_params
-from .migrate import load_config
-from .migrate import run_upgrade
+from ._alembic import ENTER_SQL
+from ._alembic import enter_params
+from ._alembic import load_config
+from ._alembic import run_upgrade
+from ._alembic import script_directory
+
+
+@dataclass
+class TenantResult:
+    """What happened to one tenant in a fleet run.
+
+    ``status`` is ``"migrated"``, ``"current"`` (found at the target when locked: nothing to
+    do), ``"busy"`` (another deployer holds its lock; that deployer migrates it), ``"failed"``
+    (``error`` says why; its transaction was rolled back) or ``"missing"`` (not a tenant).
+    """
+
+    schema: str
+    status: str
+    before: str | None = None
+    after: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+# Also what pickling between the worker and the parent uses: sa_tenancy exports it.
+TenantResult.__module__ = "sa_tenancy"
 
 
 @dataclass(frozen=True)
@@ -53,9 +77,7 @@ def init_worker(settings: WorkerSettings) -> None:
     )
     for key, value in settings.main_options.items():
         cfg.set_main_option(key, value.replace("%", "%%"))
-    from .migrate import _script
-
-    _script(cfg).get_heads()  # parse every revision file now, once for this worker
+    script_directory(cfg).get_heads()  # parse every revision file now, once for this worker
     # No pre-ping: it would cost a round trip per tenant; a broken connection fails one tenant
     # and is replaced for the next.
     engine = create_engine(settings.url, pool_size=1, max_overflow=0)

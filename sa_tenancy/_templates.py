@@ -10,6 +10,9 @@ ALEMBIC_INI = """\
 #   alembic -c {ini} -x tenant=NAME upgrade head
 [alembic]
 script_location = %(here)s
+# Put the directory you run `alembic` or `sa-tenancy migrate` from on sys.path (in the
+# migration worker processes too), so env.py can import your models, e.g. `import models`.
+prepend_sys_path = .
 path_separator = os
 # The database URL: DATABASE_URL wins when it is set.
 sqlalchemy.url =
@@ -27,12 +30,18 @@ from alembic import context
 
 from sa_tenancy.migrate import run_tenant_migrations
 
-# For `alembic revision --autogenerate`, point this at your models' MetaData, e.g.
+# For `alembic -x tenant=NAME revision --autogenerate`, point this at your models' MetaData,
+# e.g.
 #     from myapp.models import Base
 #     target_metadata = Base.metadata
+# (the tenant's alembic_version and sa_tenancy's own tables are never compared).
 target_metadata = None
 
-run_tenant_migrations(context, target_metadata=target_metadata)
+# Schemas searched after the tenant while migrating: add "public" when migrations use an
+# extension's functions or types installed there, e.g. uuid_generate_v4() or citext.
+extra_schemas: list[str] = []
+
+run_tenant_migrations(context, target_metadata=target_metadata, extra_schemas=extra_schemas)
 '''
 
 SCRIPT_MAKO = '''\

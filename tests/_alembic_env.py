@@ -24,6 +24,28 @@ from sa_tenancy.testing import unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "sa_tenancy.cli"]
+#: The installed console scripts. Unlike ``python -m``, they do not put the working directory
+#: on ``sys.path``: what a user's ``alembic`` or ``sa-tenancy`` command really sees.
+ALEMBIC_SCRIPT = Path(sys.executable).with_name("alembic")
+SA_TENANCY_SCRIPT = Path(sys.executable).with_name("sa-tenancy")
+
+#: A ``models.py`` whose ``items`` matches what ``R1`` creates; ``{columns}`` adds more.
+MODELS = """
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+items = sa.Table(
+    "items",
+    Base.metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text),{columns}
+)
+"""
 
 R1 = """
 import sqlalchemy as sa
@@ -129,6 +151,40 @@ def add_revisions(directory: Path, revisions: tuple[str, ...]) -> None:
     sources = {"r1": R1, "r2": R2}
     for name in revisions:
         (directory / "versions" / f"{name}.py").write_text(textwrap.dedent(sources[name]))
+
+
+def use_models(directory: Path, columns: str = "") -> None:
+    """Write ``directory/models.py`` and point the generated ``env.py`` at its metadata."""
+    (directory / "models.py").write_text(textwrap.dedent(MODELS).format(columns=columns))
+    env = directory / "env.py"
+    source = env.read_text()
+    if "from models import Base" not in source:
+        source = source.replace(
+            "target_metadata = None", "from models import Base\n\ntarget_metadata = Base.metadata"
+        )
+        assert "from models import Base" in source
+        env.write_text(source)
+
+
+def edit_env(directory: Path, old: str, new: str) -> None:
+    """Change one line of the generated ``env.py``, as a user would."""
+    env = directory / "env.py"
+    source = env.read_text()
+    assert old in source, f"{old!r} not in the generated env.py"
+    env.write_text(source.replace(old, new))
+
+
+def run_script(
+    script: Path, args: list[str], *, url: str, cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script from ``cwd``, as a user in their project would."""
+    assert script.exists(), f"{script} is not installed: pip install -e '.[test]'"
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTHONPATH")}
+    environ["DATABASE_URL"] = url
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, env=environ, cwd=cwd,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def run_cli(

@@ -12,11 +12,15 @@ import pytest
 import sa_tenancy
 
 from . import _alembic_env
+from ._alembic_env import ALEMBIC_SCRIPT
+from ._alembic_env import SA_TENANCY_SCRIPT
 from ._alembic_env import add_revisions
 from ._alembic_env import ledger
 from ._alembic_env import make_fleet
 from ._alembic_env import migration_counts
 from ._alembic_env import run_cli
+from ._alembic_env import run_script
+from ._alembic_env import use_models
 from ._alembic_env import write_env
 
 fleet_url = _alembic_env.fleet_url
@@ -175,3 +179,28 @@ def test_alembic_init_refuses_to_overwrite(tmp_path):
     assert "run_tenant_migrations" in (tmp_path / "env" / "env.py").read_text()
     second = run_cli(["alembic-init", str(tmp_path / "env")], url=None)
     assert second.returncode == 2 and "already holds" in second.stderr
+
+
+def test_alembic_init_project_imports_models_beside_it(fleet_url, fleet_engine, tmp_path):
+    ini = write_env(tmp_path, revisions=("r1",))
+    names = make_fleet(fleet_engine, ini, 3)
+    add_revisions(tmp_path, ("r2",))
+    use_models(tmp_path)  # env.py now starts with `from models import Base`
+    upgrade = ["-x", f"tenant={names[0]}", "upgrade", "head"]
+    # The installed commands do not put the working directory on sys.path by themselves.
+    setting = "prepend_sys_path = .\n"
+    assert setting in ini.read_text()
+    ini.write_text(ini.read_text().replace(setting, ""))
+    without = run_script(ALEMBIC_SCRIPT, upgrade, url=fleet_url, cwd=tmp_path)
+    assert without.returncode != 0 and "No module named 'models'" in without.stderr
+    ini.write_text(ini.read_text().replace("path_separator", setting + "path_separator"))
+    one = run_script(ALEMBIC_SCRIPT, upgrade, url=fleet_url, cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert migration_counts(fleet_engine) == {names[0]: 1}
+    # The fleet's worker processes import models.py too.
+    fleet = run_script(SA_TENANCY_SCRIPT, ["migrate", "--jobs", "2", "--json"],
+                       url=fleet_url, cwd=tmp_path)  # fmt: skip
+    assert fleet.returncode == 0, fleet.stdout + fleet.stderr
+    assert json.loads(fleet.stdout)["migrated"] == 2
+    assert migration_counts(fleet_engine) == dict.fromkeys(names, 1)
+    assert set(ledger(fleet_engine).values()) == {"r2"}

@@ -7,6 +7,7 @@ tenant it finds. The revision ``r2`` adds a column and logs ``current_schema()``
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 import sa_tenancy
@@ -22,13 +24,18 @@ from sa_tenancy.migrate import head_revision
 from sa_tenancy.migrate import upgrade_tenant
 
 from . import _alembic_env
+from ._alembic_env import ALEMBIC_SCRIPT
 from ._alembic_env import CLI
 from ._alembic_env import ROOT
+from ._alembic_env import SA_TENANCY_SCRIPT
 from ._alembic_env import add_revisions
+from ._alembic_env import edit_env
 from ._alembic_env import ledger
 from ._alembic_env import make_fleet
 from ._alembic_env import migration_counts
 from ._alembic_env import run_cli
+from ._alembic_env import run_script
+from ._alembic_env import use_models
 from ._alembic_env import write_env
 
 fleet_url = _alembic_env.fleet_url
@@ -212,3 +219,146 @@ def test_upgrade_tenant_leaves_the_connection_as_it_found_it(fleet_url, fleet_en
     with pytest.raises(sa_tenancy.TenancyError, match="inside a transaction"):
         with fleet_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             upgrade_tenant(conn, name, ini)
+
+
+#: The migration modules, highest first: each may import only modules after it.
+LAYERS = ["migrate", "_status", "_fleet", "_alembic", "_autogen"]
+
+
+def test_migration_modules_import_one_way():
+    # Every import counts, including those inside functions: a lazy import back up the chain
+    # is still a cycle, only a hidden one.
+    package = ROOT / "sa_tenancy"
+    for level, module in enumerate(LAYERS):
+        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+        imported = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:  # from .x import y
+                imported.add(node.module.split(".")[0])
+            elif node.level == 1:  # from . import x
+                imported.update(alias.name for alias in node.names)
+            elif node.module and node.module.startswith("sa_tenancy."):
+                imported.add(node.module.split(".")[1])
+        upward = imported & set(LAYERS[: level + 1])
+        assert not upward, f"sa_tenancy/{module}.py imports {sorted(upward)}"
+    # The public names stay where users (and lifecycle, cli, env.py files) import them from.
+    import sa_tenancy.migrate as migrate
+
+    for name in migrate.__all__:
+        assert getattr(migrate, name) is not None
+    assert migrate.TenantResult is sa_tenancy.TenantResult
+
+
+PRICE = '\n    sa.Column("price", sa.Integer),'
+
+
+def _autogenerate(project, url, tenant):
+    """``alembic revision --autogenerate`` for ``tenant``; the ``op`` calls of its upgrade()."""
+    before = set((project / "versions").glob("*.py"))
+    done = run_script(ALEMBIC_SCRIPT, ["-x", f"tenant={tenant}", "revision", "--autogenerate",
+                                       "-m", "auto"], url=url, cwd=project)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (made,) = set((project / "versions").glob("*.py")) - before
+    source = made.read_text()
+    upgrade = source[source.index("def upgrade") : source.index("def downgrade")]
+    calls = [line.strip() for line in upgrade.splitlines() if line.strip().startswith("op.")]
+    return made, calls
+
+
+def test_autogenerate_compares_only_the_tenants_own_tables(fleet_url, fleet_engine, tmp_path):
+    ini = write_env(tmp_path, revisions=("r1",))
+    names = make_fleet(fleet_engine, ini, 2)
+    use_models(tmp_path)
+    # The models match the tenant: nothing to do, and in particular no drop_table of the
+    # tenant's alembic_version (what plain Alembic generates here) nor of the ledger.
+    made, calls = _autogenerate(tmp_path, fleet_url, names[0])
+    assert calls == []
+    assert "drop_table" not in made.read_text() and "create_table" not in made.read_text()
+    made.unlink()
+    # With public on the path, public's tables (migration_log here) look like the tenant's:
+    # they are still not compared. One new model column is exactly one add_column.
+    edit_env(tmp_path, "extra_schemas: list[str] = []", 'extra_schemas: list[str] = ["public"]')
+    use_models(tmp_path, columns=PRICE)
+    made, calls = _autogenerate(tmp_path, fleet_url, names[0])
+    assert calls == ["op.add_column('items', sa.Column('price', sa.Integer(), nullable=True))"]
+    # Applied as generated, it migrates every tenant (through the installed command, whose
+    # worker processes import models.py thanks to prepend_sys_path).
+    done = run_script(SA_TENANCY_SCRIPT, ["migrate", "--config", str(ini), "--jobs", "1",
+                                          "--json"], url=fleet_url, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["migrated"] == 2
+    assert all(_columns(fleet_engine, n) == ["id", "name", "price"] for n in names)
+    # A filter of the user's own still applies, together with sa_tenancy's: the new column it
+    # excludes is not generated, and neither is a drop of the version table or of public's.
+    use_models(tmp_path, columns=PRICE + '\n    sa.Column("tax", sa.Integer),')
+    user_filter = "include_object=lambda obj, name, type_, reflected, other: name != 'tax'"
+    edit_env(
+        tmp_path, "extra_schemas=extra_schemas)", f"extra_schemas=extra_schemas, {user_filter})"
+    )
+    made, calls = _autogenerate(tmp_path, fleet_url, names[1])
+    assert calls == []
+
+
+def test_extra_schemas_put_extension_types_on_the_migration_path(fleet_url, fleet_engine, tmp_path):
+    ini = write_env(tmp_path, revisions=("r1",))
+    names = make_fleet(fleet_engine, ini, 2)
+    with fleet_engine.begin() as conn:
+        available = conn.execute(
+            text("SELECT 1 FROM pg_available_extensions WHERE name = 'citext'")
+        ).scalar()
+        if available:
+            conn.exec_driver_sql("CREATE EXTENSION citext SCHEMA public")
+        else:  # a stand-in type in public, resolved through the search path the same way
+            conn.exec_driver_sql("CREATE DOMAIN public.citext AS text")
+    (tmp_path / "versions" / "r3.py").write_text(R3_CITEXT)
+    # Without public on the path the migration cannot see the type, and changes nothing.
+    with pytest.raises(sa_exc.ProgrammingError, match='type "citext" does not exist'):
+        with fleet_engine.begin() as conn:
+            upgrade_tenant(conn, names[0], ini)
+    assert _columns(fleet_engine, names[0]) == ["id", "name"]
+    with fleet_engine.connect() as conn:
+        default = conn.execute(text("SHOW search_path")).scalar()
+    edit_env(tmp_path, "extra_schemas: list[str] = []", 'extra_schemas: list[str] = ["public"]')
+    report = sa_tenancy.migrate_tenants(fleet_url, ini, jobs=1)
+    assert report.ok and report.count("migrated") == 2, report.failed
+    assert all(_columns(fleet_engine, n) == ["id", "name", "email"] for n in names)
+    with fleet_engine.connect() as conn:
+        kind = conn.execute(
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = to_regclass(:t) AND attname = 'email'"
+            ),
+            {"t": f'"{names[0]}".items'},
+        ).scalar()
+        assert kind == "citext"
+        # The path was transaction-scoped: the connection's own is unchanged.
+        assert conn.execute(text("SHOW search_path")).scalar() == default
+    # Extra schema names are validated before any SQL, like tenant names.
+    edit_env(tmp_path, 'extra_schemas: list[str] = ["public"]', 'extra_schemas = ["pg_catalog"]')
+    with pytest.raises(sa_tenancy.InvalidSchemaName, match="pg_catalog"):
+        with fleet_engine.begin() as conn:
+            upgrade_tenant(conn, names[0], ini)
+    edit_env(tmp_path, 'extra_schemas = ["pg_catalog"]', 'extra_schemas = "public"  # type: ignore')
+    with pytest.raises(sa_tenancy.TenancyError, match=r"write \['public'\]"):
+        with fleet_engine.begin() as conn:
+            upgrade_tenant(conn, names[0], ini)
+
+
+R3_CITEXT = """
+from alembic import op
+
+revision = "r3"
+down_revision = "r1"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute("ALTER TABLE items ADD COLUMN email citext")
+
+
+def downgrade():
+    op.drop_column("items", "email")
+"""
