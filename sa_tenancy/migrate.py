@@ -52,7 +52,7 @@ from sqlalchemy.pool import NullPool
 
 from . import _ledger
 from .exc import TenancyError
-from .names import NamePolicy
+from .names import INTERNAL_NAMES
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -77,7 +77,7 @@ CONNECTION_KEY = "connection"
 SCHEMA_KEY = "sa_tenancy.schema"
 _SCRIPT_KEY = "sa_tenancy.script"
 _APPLIED_KEY = "sa_tenancy.applied"
-_DEFAULT_POLICY = NamePolicy()
+_DEFAULT_POLICY = INTERNAL_NAMES  # tenants, and the reservoir's spares it keeps current
 
 
 def load_config(config: AlembicConfig) -> Config:
