@@ -122,6 +122,25 @@ def test_sqlite_unmarked_file_is_never_listed_dropped_or_overwritten(sqlite_engi
     )
 
 
+def test_sqlite_main_file_behind_a_uri_is_refused(tmp_path):
+    engine = create_engine(f"sqlite:///file:{tmp_path}/app.db?uri=true")
+    try:
+        tenant_metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(Note).values(id=1, body="main-row"))
+        for exist_ok in (False, True):
+            with pytest.raises(InvalidSchemaName, match="main database file"):
+                sa_tenancy.create_tenant(
+                    engine, "app", metadata=tenant_metadata, directory=tmp_path, exist_ok=exist_ok
+                )
+        with pytest.raises(InvalidSchemaName, match="main database file"):
+            sa_tenancy.drop_tenant(engine, "app", directory=tmp_path)
+        assert sa_tenancy.list_tenants(engine, directory=tmp_path) == []
+        assert _main_rows(engine) == ["main-row"]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("name", ["main", "temp", "MAIN", "Temp"])
 def test_sqlite_reserved_schema_names_refused(sqlite_engine, tmp_path, name):
     for policy in (None, WIDE):
