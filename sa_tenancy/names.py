@@ -15,8 +15,8 @@ Some rules always hold, whatever policy the application chooses:
 * it is not sa_tenancy's own: the ledger schema ``sa_tenancy``, or a reservoir spare
   ``sa_spare_*``. A spare is a fully built, empty schema waiting to be claimed by the next
   signup; a session or lifecycle call that could use it before then would plant rows that the
-  next signup inherits. Only the library's own reservoir and migration code reaches spares, through
-  :data:`INTERNAL_NAMES`.
+  next signup inherits. Only the library's own reservoir and migration code reaches spares,
+  through :data:`INTERNAL_NAMES`.
 
 On top of that, a policy decides which names are tenants. The default is the strict
 ``[a-z_][a-z0-9_]*``, which needs no quoting anywhere; an application can widen or narrow it with
@@ -178,9 +178,10 @@ NamePolicy.__module__ = "sa_tenancy"
 class _InternalNames:
     """The default policy, plus the reservoir's spares: for sa_tenancy's own code only.
 
-    Building a spare (``fill_reservoir``), stamping or upgrading it while it is built, and the
-    fleet migration runner (which keeps spares current) legitimately name ``sa_spare_<hex>``.
-    No session and no public lifecycle call uses this: they refuse spares.
+    Building a spare (``fill_reservoir`` stamps or upgrades it while it is built) and migrating
+    one (the fleet runner keeps spares current) legitimately name ``sa_spare_<hex>``, so
+    :mod:`sa_tenancy.migrate` validates with this. Sessions and the lifecycle functions never
+    do: they refuse spares.
     """
 
     __slots__ = ()
