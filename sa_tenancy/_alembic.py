@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 from . import _autogen
 from . import _ledger
 from .exc import TenancyError
-from .names import NamePolicy
+from .names import INTERNAL_NAMES
 from .names import validate_extra_schema
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ CONNECTION_KEY = "connection"
 SCHEMA_KEY = "sa_tenancy.schema"
 _SCRIPT_KEY = "sa_tenancy.script"
 _APPLIED_KEY = "sa_tenancy.applied"
-DEFAULT_POLICY = NamePolicy()
+DEFAULT_POLICY = INTERNAL_NAMES  # tenants, and the reservoir's spares it keeps current
 
 
 def load_config(config: AlembicConfig) -> Config:

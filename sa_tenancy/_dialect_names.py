@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import unquote
+from urllib.parse import urlsplit
 
 from .exc import InvalidSchemaName
 
@@ -33,6 +35,7 @@ __all__ = [
     "check_mysql",
     "check_sqlite_file",
     "check_sqlite_name",
+    "sqlite_main_file",
 ]
 
 MYSQL_SYSTEM = frozenset({"mysql", "sys", "performance_schema", "information_schema"})
@@ -75,14 +78,30 @@ def check_sqlite_name(schema: str) -> str:
     return schema
 
 
+def sqlite_main_file(main_database: str | None) -> Path | None:
+    """The main database file of a SQLite URL's ``database``; None if it is in memory.
+
+    Understands SQLite's ``file:`` URIs (``sqlite:///file:data/app.db?uri=true``) as well as
+    plain paths, so a URI cannot hide the main file from :func:`check_sqlite_file`.
+    """
+    if not main_database or main_database == ":memory:":
+        return None
+    if main_database.startswith("file:"):
+        parts = urlsplit(main_database)
+        if "mode=memory" in parts.query.split("&") or parts.path in ("", ":memory:"):
+            return None
+        return Path(unquote(parts.path))
+    return Path(main_database)
+
+
 def check_sqlite_file(schema: str, path: Path, main_database: str | None) -> str:
     """Refuse a SQLite tenant whose file would be the main database file."""
     check_sqlite_name(schema)
-    if main_database and main_database != ":memory:" and not main_database.startswith("file:"):
-        main = Path(main_database)
+    main = sqlite_main_file(main_database)
+    if main is not None:
         same = path.resolve() == main.resolve()
         if not same and path.exists() and main.exists():
-            same = os.path.samefile(path, main)  # a case-insensitive file system
+            same = os.path.samefile(path, main)  # a case-insensitive file system, a link
         if same:
             raise InvalidSchemaName(
                 f"the file of SQLite tenant {schema!r} ({path}) is the main database file; "

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-#: The shared schema holding the ledger; never a tenant.
-LEDGER_SCHEMA = "sa_tenancy"
+from .names import LEDGER_SCHEMA as LEDGER_SCHEMA  # the shared schema; never a tenant
+
 LEDGER_TABLE = "tenant_versions"
 #: Comment marking a tenant schema.
 TENANT_MARK = "sa_tenancy:tenant"

@@ -11,7 +11,12 @@ Some rules always hold, whatever policy the application chooses:
   tenant names could land in one schema and share rows;
 * it holds no NUL and no control character;
 * it is not a system or shared schema: ``pg_*``, ``pg_catalog``, ``information_schema``,
-  ``public``.
+  ``public``;
+* it is not sa_tenancy's own: the ledger schema ``sa_tenancy``, or a reservoir spare
+  ``sa_spare_*``. A spare is a fully built, empty schema waiting to be claimed by the next
+  signup; a session or lifecycle call that could use it before then would plant rows that the
+  next signup inherits. Only the library's own reservoir and migration code reaches spares,
+  through :data:`INTERNAL_NAMES`.
 
 On top of that, a policy decides which names are tenants. The default is the strict
 ``[a-z_][a-z0-9_]*``, which needs no quoting anywhere; an application can widen or narrow it with
@@ -40,6 +45,11 @@ DEFAULT_PATTERN = re.compile(r"[a-z_][a-z0-9_]*")
 NameRule = Union[str, "re.Pattern[str]", Collection[str], Callable[[str], bool]]
 
 MAX_BYTES = 63
+#: The shared schema holding the version ledger (see :mod:`sa_tenancy._ledger`).
+LEDGER_SCHEMA = "sa_tenancy"
+#: Prefix of the reservoir's spare schemas (see :func:`sa_tenancy.fill_reservoir`).
+SPARE_PREFIX = "sa_spare_"
+_SPARE = re.compile(r"sa_spare_[0-9a-f]+")
 _RESERVED = frozenset({"public", "information_schema", "pg_catalog", "pg_toast"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -84,6 +94,22 @@ def _base_check(name: object, *, what: str, allow_public: bool) -> str:
     return name
 
 
+def _refuse_internal(name: str) -> str:
+    """Refuse sa_tenancy's own schemas, compared case-insensitively (MySQL folds case)."""
+    lowered = name.lower()
+    if lowered.startswith(SPARE_PREFIX):
+        raise InvalidSchemaName(
+            f"{_shown(name)} is a reservoir spare name ({SPARE_PREFIX}*), not a tenant: spares "
+            "become tenants only through claim_tenant(); choose another name"
+        )
+    if lowered == LEDGER_SCHEMA:
+        raise InvalidSchemaName(
+            f"{_shown(name)} is sa_tenancy's own shared schema (the version ledger); "
+            "choose another tenant name"
+        )
+    return name
+
+
 class NamePolicy:
     """Decides which schema names are acceptable tenants.
 
@@ -94,8 +120,9 @@ class NamePolicy:
     * a collection of names (an allowlist), e.g. a ``frozenset`` loaded at start-up;
     * a predicate ``Callable[[str], bool]``.
 
-    The fixed rules of this module (type, 63 bytes, no control characters, no system schemas)
-    apply whatever the rule says.
+    The fixed rules of this module (type, 63 bytes, no control characters, no system schemas,
+    not the ledger schema ``sa_tenancy`` nor a reservoir spare ``sa_spare_*``) apply whatever
+    the rule says.
 
     Example::
 
@@ -133,7 +160,7 @@ class NamePolicy:
 
         :raises InvalidSchemaName: with the reason, before anything is sent to a database.
         """
-        checked = _base_check(name, what="tenant schema name", allow_public=False)
+        checked = _refuse_internal(_base_check(name, what="tenant schema name", allow_public=False))
         if not self._check(checked):
             raise InvalidSchemaName(
                 f"tenant schema name {_shown(checked)} is not allowed: it {self.description}. "
@@ -146,6 +173,29 @@ class NamePolicy:
 
 
 NamePolicy.__module__ = "sa_tenancy"
+
+
+class _InternalNames:
+    """The default policy, plus the reservoir's spares: for sa_tenancy's own code only.
+
+    Building a spare (``fill_reservoir`` stamps or upgrades it while it is built) and migrating
+    one (the fleet runner keeps spares current) legitimately name ``sa_spare_<hex>``, so
+    :mod:`sa_tenancy.migrate` validates with this. Sessions and the lifecycle functions never
+    do: they refuse spares.
+    """
+
+    __slots__ = ()
+
+    def validate(self, name: object) -> str:
+        checked = _base_check(name, what="schema name", allow_public=False)
+        if _SPARE.fullmatch(checked):
+            return checked
+        return _DEFAULT_POLICY.validate(checked)
+
+
+_DEFAULT_POLICY = NamePolicy()
+#: Validator for sa_tenancy's own reservoir and migration code (see :class:`_InternalNames`).
+INTERNAL_NAMES = _InternalNames()
 
 
 def validate_extra_schema(name: object) -> str:

@@ -1,0 +1,276 @@
+"""Tenant lifecycle on PostgreSQL: a tenant is a schema marked ``sa_tenancy:tenant`` (private).
+
+:mod:`sa_tenancy.lifecycle` validates every name (policy and backend rules) before calling in
+here; this module only ever sees names that may be tenants, plus the reservoir's own spares.
+
+How a schema is known to be a tenant: ``create``, ``clone`` and ``claim`` set its comment to
+``sa_tenancy:tenant``; listing, renaming and dropping only ever consider schemas carrying it,
+so ``public``, shared and system schemas are never touched. The mark travels with the schema
+(renames, dumps and restores). Every operation also writes the tenant's Alembic revision to the
+ledger ``sa_tenancy.tenant_versions`` in the same transaction (see :mod:`sa_tenancy._ledger`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from sqlalchemy import MetaData
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Engine
+
+from . import _ledger
+from ._clone import clone_structure
+from ._ledger import DROPPING_MARK
+from ._ledger import SPARE_MARK
+from ._ledger import TENANT_MARK
+from ._tenant_tables import create_tables
+from .exc import ReservoirEmpty
+from .exc import TenancyError
+from .exc import UnknownSchema
+from .names import SPARE_PREFIX
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+    AlembicConfig = str | os.PathLike[str] | Config
+
+__all__ = [
+    "claim",
+    "clone",
+    "create",
+    "drop",
+    "fill_reservoir",
+    "list_marked",
+    "rename",
+    "reservoir_size",
+]
+
+
+def _mark(conn: Connection, schema: str) -> str | None:
+    return conn.execute(
+        text("SELECT obj_description(to_regnamespace(quote_ident(:s)), 'pg_namespace')"),
+        {"s": schema},
+    ).scalar()
+
+
+def _set_mark(conn: Connection, schema: str, mark: str) -> None:
+    quoted = _ledger.ident(schema)
+    # The mark is one of the ledger's constants, never user input.
+    _ledger.execute_ddl(conn, f"COMMENT ON SCHEMA {quoted} IS '{mark}'")
+
+
+@contextmanager
+def _duplicate_is_tenancy_error(schema: str) -> Iterator[None]:
+    try:
+        yield
+    except sa_exc.DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) == "42P06":  # duplicate_schema
+            raise TenancyError(
+                f"schema {schema!r} already exists; choose another name or drop it first"
+            ) from None
+        raise
+
+
+def _build(
+    conn: Connection,
+    schema: str,
+    *,
+    mark: str,
+    metadata: MetaData | None,
+    alembic_config: AlembicConfig | None,
+    template: str | None = None,
+    data: bool = False,
+) -> str | None:
+    """Make ``schema`` complete inside the caller's transaction; return its recorded revision."""
+    quoted = _ledger.ident(schema)
+    _ledger.ensure(conn)
+    with _duplicate_is_tenancy_error(schema):
+        _ledger.execute_ddl(conn, f"CREATE SCHEMA {quoted}")
+    _set_mark(conn, schema, mark)
+    revision: str | None = None
+    if template is not None:
+        if _mark(conn, template) not in (TENANT_MARK, SPARE_MARK):
+            raise UnknownSchema(f"template {template!r} is not a tenant; nothing was created")
+        clone_structure(conn, template, schema, data=data)
+        from .migrate import current_revision  # no Alembic import: it reads one table
+
+        revision = current_revision(conn, schema)
+    elif metadata is not None:
+        create_tables(conn, schema, metadata)
+        if alembic_config is not None:
+            from .migrate import stamp_tenant
+
+            revision = stamp_tenant(conn, schema, alembic_config)
+    elif alembic_config is not None:
+        from .migrate import upgrade_tenant
+
+        revision = upgrade_tenant(conn, schema, alembic_config, record=False)
+    _ledger.record(conn, schema, revision, spare=mark == SPARE_MARK)
+    return revision
+
+
+def create(
+    bind: Engine,
+    schema: str,
+    *,
+    metadata: MetaData | None,
+    alembic_config: AlembicConfig | None,
+) -> None:
+    """Schema, tables, mark, Alembic version and ledger row in one transaction."""
+    with bind.begin() as conn:
+        _build(conn, schema, mark=TENANT_MARK, metadata=metadata, alembic_config=alembic_config)
+
+
+def clone(bind: Engine, template: str, schema: str, *, data: bool) -> None:
+    """``schema`` as a server-side copy of tenant ``template``, in one transaction."""
+    with bind.begin() as conn:
+        _build(conn, schema, mark=TENANT_MARK, metadata=None, alembic_config=None,
+               template=template, data=data)  # fmt: skip
+
+
+def rename(bind: Engine, old: str, new: str) -> None:
+    """Rename a marked tenant; its ledger row follows in the same transaction."""
+    with bind.begin() as conn:
+        if _mark(conn, old) != TENANT_MARK:
+            raise UnknownSchema(f"{old!r} is not a tenant; nothing was renamed")
+        if not _ledger.try_lock(conn, old):
+            raise TenancyError(f"tenant {old!r} is being migrated; retry when that is done")
+        q = _ledger.ident
+        with _duplicate_is_tenancy_error(new):
+            _ledger.execute_ddl(conn, f"ALTER SCHEMA {q(old)} RENAME TO {q(new)}")
+        if _ledger.exists(conn):
+            _ledger.rename(conn, old, new)
+
+
+def list_marked(bind: Engine, only: str | None = None) -> list[str]:
+    """Schemas marked as tenants (only ``only``, if given), sorted."""
+    with bind.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT nspname FROM pg_namespace "
+                "WHERE obj_description(oid, 'pg_namespace') = :mark "
+                "AND (CAST(:only AS text) IS NULL OR nspname = :only) ORDER BY nspname"
+            ),
+            {"mark": TENANT_MARK, "only": only},
+        )
+        return [r[0] for r in rows]
+
+
+def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int) -> None:
+    """Drop a marked tenant: at once up to ``at_once`` catalog objects, else in batches."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    q = _ledger.ident
+    with bind.begin() as conn:
+        mark = _mark(conn, schema)
+        if mark not in (TENANT_MARK, DROPPING_MARK):
+            raise UnknownSchema(f"{schema!r} is not a tenant; nothing was dropped")
+        if _ledger.try_lock(conn, schema) is False:
+            raise TenancyError(f"tenant {schema!r} is being migrated; retry when that is done")
+        objects = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_class "
+                "WHERE relnamespace = to_regnamespace(quote_ident(:s))"
+            ),
+            {"s": schema},
+        ).scalar_one()
+        if _ledger.exists(conn):
+            _ledger.forget(conn, schema)
+        if objects <= at_once:
+            _ledger.execute_ddl(conn, f"DROP SCHEMA {q(schema)} CASCADE")
+            return
+        _set_mark(conn, schema, DROPPING_MARK)
+    while True:
+        with bind.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT relname, relkind FROM pg_class WHERE relnamespace = "
+                    "to_regnamespace(quote_ident(:s)) AND relkind IN ('r', 'p', 'v', 'm', 'f') "
+                    "ORDER BY relname LIMIT :n"
+                ),
+                {"s": schema, "n": batch_size},
+            ).all()
+            if not rows:
+                _ledger.execute_ddl(conn, f"DROP SCHEMA {q(schema)} CASCADE")
+                return
+            kinds = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW",
+                     "f": "FOREIGN TABLE"}  # fmt: skip
+            for kind in sorted({kinds[r[1]] for r in rows}):
+                listed = ", ".join(f"{q(schema)}.{q(r[0])}" for r in rows if kinds[r[1]] == kind)
+                _ledger.execute_ddl(conn, f"DROP {kind} IF EXISTS {listed} CASCADE")
+
+
+def fill_reservoir(
+    bind: Engine,
+    count: int,
+    *,
+    metadata: MetaData | None,
+    template: str | None,
+    alembic_config: AlembicConfig | None,
+    data: bool,
+) -> list[str]:
+    """Build ``count`` spares marked ``sa_tenancy:spare``, one transaction each."""
+    made = []
+    for _ in range(count):
+        # Public name policies refuse this prefix: a spare is never served before it is claimed.
+        spare = f"{SPARE_PREFIX}{uuid.uuid4().hex[:16]}"
+        with bind.begin() as conn:
+            _build(conn, spare, mark=SPARE_MARK, metadata=metadata,
+                   alembic_config=alembic_config, template=template, data=data)  # fmt: skip
+        made.append(spare)
+    return made
+
+
+def reservoir_size(bind: Engine) -> int:
+    """How many spares the ledger holds."""
+    with bind.connect() as conn:
+        if not _ledger.exists(conn):
+            return 0
+        return int(
+            conn.execute(text(f"SELECT count(*) FROM {_ledger.QUALIFIED} WHERE spare")).scalar_one()
+        )
+
+
+def claim(bind: Engine, schema: str) -> None:
+    """Rename a spare to ``schema``, mark and record it: one short transaction."""
+    table = f"{_ledger.LEDGER_SCHEMA}.{_ledger.LEDGER_TABLE}"
+    empty = "the reservoir is empty: call fill_reservoir() (or create_tenant()) first"
+    # Four round trips in all (BEGIN, take a spare, rename + mark + record, COMMIT): a signup
+    # pays for these and nothing else.
+    with bind.begin() as conn:
+        try:
+            row = conn.execute(
+                text(
+                    f"DELETE FROM {table} WHERE schema_name = (SELECT schema_name "
+                    f"FROM {table} WHERE spare ORDER BY schema_name LIMIT 1 "
+                    "FOR UPDATE SKIP LOCKED) RETURNING schema_name, revision"
+                )
+            ).first()
+        except sa_exc.ProgrammingError as error:
+            # A database that never had a reservoir has no ledger table at all.
+            if getattr(error.orig, "sqlstate", None) == "42P01":  # undefined_table
+                raise ReservoirEmpty(empty) from None
+            raise
+        if row is None:
+            raise ReservoirEmpty(empty)
+        q = _ledger.ident
+        revision = "NULL" if row[1] is None else _literal(row[1])
+        with _duplicate_is_tenancy_error(schema):
+            _ledger.execute_ddl(
+                conn,
+                f"ALTER SCHEMA {q(row[0])} RENAME TO {q(schema)}; "
+                f"COMMENT ON SCHEMA {q(schema)} IS '{TENANT_MARK}'; "
+                f"INSERT INTO {table} (schema_name, revision) "
+                f"VALUES ({_literal(schema)}, {revision})",
+            )
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (``standard_conforming_strings``: only quotes need doubling)."""
+    return "'" + value.replace("'", "''") + "'"
