@@ -38,6 +38,8 @@ from sqlalchemy.pool import Pool
 from ._dialect_names import check_sqlite_file
 from ._dialect_names import check_sqlite_name
 from ._keys import SQLITE_ATTACHED
+from ._lifecycle_sqlite import APPLICATION_ID
+from ._lifecycle_sqlite import is_marked
 from .exc import TenancyError
 from .exc import UnknownSchema
 from .strategies import TranslateMap
@@ -152,10 +154,16 @@ class SQLiteFiles(TranslateMap):
         if pooled.info.get(SQLITE_ATTACHED) == (schema, path):
             return
         check_sqlite_file(schema, path, connection.engine.url.database)
-        if not self.create and not path.exists():
+        created = not path.exists()
+        if created and not self.create:
             raise UnknownSchema(
                 f"no SQLite file for tenant {schema!r} at {path}; create the tenant first "
                 "(sa_tenancy.create_tenant) or use SQLiteFiles(create=True)"
+            )
+        if not created and not is_marked(path):
+            raise UnknownSchema(
+                f"{path} is not a tenant file (it carries no sa_tenancy mark); create tenants "
+                "with sa_tenancy.create_tenant, or mark an existing one (docs/lifecycle.md)"
             )
         dbapi = pooled.dbapi_connection
         assert dbapi is not None  # a checked-out connection always has one
@@ -168,6 +176,8 @@ class SQLiteFiles(TranslateMap):
         _clean(dbapi, pooled.info)
         _run(dbapi, f"ATTACH DATABASE ? AS {_quote(schema)}", (str(path),))
         pooled.info[SQLITE_ATTACHED] = (schema, path)
+        if created:  # made just now by ATTACH: mark it as a tenant, like create_tenant does
+            _run(dbapi, f"PRAGMA {_quote(schema)}.application_id = {APPLICATION_ID}")
         shared = _run(
             dbapi,
             f"SELECT m.name FROM main.sqlite_master AS m JOIN {_quote(schema)}.sqlite_master "
