@@ -9,7 +9,8 @@ private subclass that only the installation creates and only that factory instan
   ``uninstall()``). ``sessionmaker`` already makes its own subclass of the ``class_`` it is
   given, but that class is an attribute anybody can read and reuse, and a sessionmaker only
   owns what it made: listening on a subclass made *at install time* is true whatever
-  ``class_`` the factory was given;
+  ``class_`` the factory was given. Sessions the factory made before ``install()`` keep the
+  old class and stay plain: install at start-up, before the first session;
 * a ``scoped_session`` / ``async_scoped_session`` delegates to its factory; when that factory is
   a class (``scoped_session(sqlmodel.Session)``), a private subclass of it replaces the factory
   in the registry, so sessions of that class made elsewhere stay plain;

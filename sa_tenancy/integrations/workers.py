@@ -67,7 +67,14 @@ from ._errors import bind_of
 from ._errors import tenant_missing
 from ._resolve import require_installation
 
-__all__ = ["JobSource", "TenantJobsFailed", "TenantRun", "for_each_tenant", "tenant_session"]
+__all__ = [
+    "HasJobs",
+    "JobSource",
+    "TenantJobsFailed",
+    "TenantRun",
+    "for_each_tenant",
+    "tenant_session",
+]
 
 _S = TypeVar("_S", bound=Session)
 _S_co = TypeVar("_S_co", bound=Session, covariant=True)
