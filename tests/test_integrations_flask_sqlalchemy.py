@@ -348,11 +348,12 @@ def example_tenants(pg_url) -> Iterator[list[str]]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("strategy", ["search_path", "translate_map"])
+@pytest.mark.parametrize("strategy", ["search_path", "translate_map", "sqlite"])
 def test_example_under_flask_run_with_concurrent_requests(
     strategy, pg_url, example_tenants, tmp_path
 ):
-    """``examples/flask_sqlalchemy_app.py`` under ``flask run`` (threaded), 8 clients at once."""
+    """``examples/flask_sqlalchemy_app.py`` under ``flask run`` (threaded), 8 clients at once:
+    on PostgreSQL with each strategy, and with its defaults (SQLite files in ``demo_data/``)."""
     import subprocess
     import sys
     import time
@@ -360,18 +361,19 @@ def test_example_under_flask_run_with_concurrent_requests(
     import httpx
 
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": pg_url,
-        "TENANTS": ",".join(example_tenants),
-        "TENANCY_STRATEGY": strategy,
-    }
+    unset = ("DATABASE_URL", "TENANTS", "TENANCY_STRATEGY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["PYTHONPATH"] = str(ROOT)
+    tenants = ["acme", "globex"]
+    if strategy != "sqlite":
+        tenants = example_tenants
+        env.update(DATABASE_URL=pg_url, TENANTS=",".join(tenants), TENANCY_STRATEGY=strategy)
     command = [sys.executable, "-m", "flask", "--app", "examples.flask_sqlalchemy_app", "run"]
     log = tmp_path / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
+            cwd=tmp_path,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -387,9 +389,15 @@ def test_example_under_flask_run_with_concurrent_requests(
             except httpx.TransportError:
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-        check_served(base, example_tenants, per_tenant=6)
-        one = httpx.get(f"{base}/notes/1", headers={"X-Tenant": example_tenants[0]})
+        check_served(base, tenants, per_tenant=6)
+        one = httpx.get(f"{base}/notes/1", headers={"X-Tenant": tenants[0]})
         assert one.json() == {"id": 1, "body": one.json()["body"]}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    if strategy == "sqlite":
+        assert {p.name for p in (tmp_path / "demo_data").iterdir()} == {
+            "app.db",
+            "acme.db",
+            "globex.db",
+        }
