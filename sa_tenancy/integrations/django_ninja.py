@@ -41,9 +41,11 @@ the async view wrapper, which awaits the existence check. Returned ORM objects a
 after the operation, where an async session cannot load expired attributes: use
 ``async_sessionmaker(engine, expire_on_commit=False)`` or return plain data.
 
-One ``NinjaTenancy`` serves either kind: an ``AsyncSession`` in a sync operation cannot be
-awaited, and a sync ``Session`` in an ``async def`` operation would block the event loop; both
-are refused with a message saying which factory the operation needs.
+A ``NinjaTenancy`` serves one kind of operation, the kind its factory makes sessions for: an
+``AsyncSession`` in a sync operation cannot be awaited, and a sync ``Session`` in an ``async
+def`` operation would block the event loop; both are refused with a message saying which
+factory the operation needs (an API with both kinds uses a second ``NinjaTenancy`` through
+``@decorate_view(other.view)``).
 """
 
 from __future__ import annotations
