@@ -7,11 +7,13 @@ imported by the core or by this package:
     ``session_dependency(SessionLocal)`` / ``async_session_dependency(AsyncSessionLocal)``:
     FastAPI dependencies yielding a tenant session.
 ``sa_tenancy.integrations.flask`` (``sa_tenancy[flask]``)
-    ``FlaskTenancy(SessionLocal, app)``: ``tenancy.session`` is the request's tenant session.
+    ``FlaskTenancy(SessionLocal, app)``: ``tenancy.session`` is the request's tenant session;
+    ``FlaskTenancy(db, app)`` for Flask-SQLAlchemy: ``db.session`` and ``Model.query`` are.
 ``sa_tenancy.integrations.django_ninja`` (``sa_tenancy[ninja]``)
     ``NinjaTenancy(SessionLocal).init_api(api)``: ``tenancy.session(request)`` in operations.
 ``sa_tenancy.integrations.workers`` (no extra)
-    ``tenant_session(SessionLocal, "acme")`` and ``for_each_tenant(SessionLocal, fn, jobs=4)``.
+    ``tenant_session(SessionLocal, "acme")`` and ``for_each_tenant(SessionLocal, fn, jobs=4)``
+    (a ``FlaskTenancy`` in place of ``SessionLocal`` works too).
 
 They share the tenant resolvers defined here (:func:`header`, :func:`subdomain`,
 :func:`path_param`) and one error contract, rendered as JSON ``{"detail": ...}``:

@@ -21,6 +21,13 @@ the session the job makes, exactly as in a request, and nowhere else.
 
     Under the ``translate_map`` strategy a tenant's absence is only noticed by its first
     statement; ``fn`` that sends none succeeds (and did nothing anywhere).
+
+Both take a ``sessionmaker`` (a ``scoped_session`` stands for its ``sessionmaker``: a job's
+session must not stay behind in a registry), or an integration that knows how its sessions are
+made outside a request, such as a :class:`~sa_tenancy.integrations.flask.FlaskTenancy` over
+Flask-SQLAlchemy, whose sessions find their engine through the app: each session then runs
+inside the app's context, pushed in the thread that uses it. ``db.session`` itself is refused
+with a message saying so, because outside an app context it cannot even start.
 """
 
 from __future__ import annotations
@@ -34,16 +41,21 @@ from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
+from contextlib import AbstractContextManager
 from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 from typing import Generic
+from typing import Protocol
 from typing import TextIO
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.orm import sessionmaker
 
 from .._auto import Auto
 from ..exc import TenancyError
@@ -55,18 +67,76 @@ from ._errors import bind_of
 from ._errors import tenant_missing
 from ._resolve import require_installation
 
-__all__ = ["TenantJobsFailed", "TenantRun", "for_each_tenant", "tenant_session"]
+__all__ = [
+    "HasJobs",
+    "JobSource",
+    "TenantJobsFailed",
+    "TenantRun",
+    "for_each_tenant",
+    "tenant_session",
+]
 
 _S = TypeVar("_S", bound=Session)
+_S_co = TypeVar("_S_co", bound=Session, covariant=True)
 _T = TypeVar("_T")
 
 
+def _no_engine() -> Engine | None:
+    return None
+
+
+@dataclass(frozen=True)
+class JobSource(Generic[_S_co]):
+    """How jobs make tenant sessions of an integration (what ``_sa_tenancy_jobs()`` returns).
+
+    :param factory: the installed ``sessionmaker``.
+    :param context: entered around each session, in the thread that uses it (e.g. a Flask app
+        context); and around listing the tenants.
+    :param engine: the engine whose tenants to list (called inside ``context``).
+    """
+
+    factory: Callable[..., _S_co]
+    context: Callable[[], AbstractContextManager[object]] = nullcontext
+    engine: Callable[[], Engine | None] = _no_engine
+
+
+class HasJobs(Protocol[_S_co]):
+    """An integration that jobs accept in place of a session factory (``FlaskTenancy``)."""
+
+    def _sa_tenancy_jobs(self) -> JobSource[_S_co]: ...
+
+
+def _flask_sqlalchemy_class(factory: object) -> bool:
+    fsa = sys.modules.get("flask_sqlalchemy")
+    return (
+        fsa is not None
+        and isinstance(factory, sessionmaker)
+        and issubclass(factory.class_, fsa.session.Session)
+    )
+
+
+def _source_of(target: Any) -> JobSource[Any]:
+    jobs = getattr(target, "_sa_tenancy_jobs", None)
+    if callable(jobs):
+        source: JobSource[Any] = jobs()
+        return source
+    factory = target.session_factory if isinstance(target, scoped_session) else target
+    if _flask_sqlalchemy_class(factory):
+        raise TenancyError(
+            "Flask-SQLAlchemy sessions need an app context to find their engine: pass the "
+            "FlaskTenancy(db) instead of db.session, e.g. tenant_session(tenancy, 'acme')"
+        )
+    return JobSource(factory, engine=lambda: _engine_of(factory))
+
+
 @contextmanager
-def tenant_session(factory: Callable[..., _S], schema: str) -> Iterator[_S]:
+def tenant_session(factory: Callable[..., _S] | HasJobs[_S], schema: str) -> Iterator[_S]:
     """A session of ``factory`` for tenant ``schema``, closed (and so rolled back) at the end.
 
     Commit inside the block what should be kept.
 
+    :param factory: an installed ``sessionmaker`` (or ``scoped_session``), or a
+        ``FlaskTenancy``.
     :raises InvalidSchemaName: before any SQL, if the installation's policy rejects ``schema``.
     :raises TenancyError: if sa_tenancy is not installed on ``factory``.
 
@@ -76,13 +146,20 @@ def tenant_session(factory: Callable[..., _S], schema: str) -> Iterator[_S]:
             session.add(Invoice(...))
             session.commit()
     """
-    installation = require_installation(factory)
-    schema = installation.names.validate(schema)
-    session = factory(info={installation.info_key: schema})
-    try:
+    with _tenant_session(_source_of(factory), schema) as session:
         yield session
-    finally:
-        session.close()
+
+
+@contextmanager
+def _tenant_session(source: JobSource[_S], schema: str) -> Iterator[_S]:
+    installation = require_installation(source.factory)
+    schema = installation.names.validate(schema)
+    with source.context():
+        session = source.factory(info={installation.info_key: schema})
+        try:
+            yield session
+        finally:
+            session.close()
 
 
 class TenantJobsFailed(TenancyError):
@@ -173,8 +250,8 @@ def _engine_of(factory: Any) -> Engine | None:
     return bind if isinstance(bind, Engine) else None
 
 
-def _run_one(factory: Callable[..., _S], schema: str, fn: Callable[[_S, str], _T]) -> _T:
-    with tenant_session(factory, schema) as session:
+def _run_one(source: JobSource[_S], schema: str, fn: Callable[[_S, str], _T]) -> _T:
+    with _tenant_session(source, schema) as session:
         try:
             result = fn(session, schema)
             session.commit()
@@ -188,7 +265,7 @@ def _run_one(factory: Callable[..., _S], schema: str, fn: Callable[[_S, str], _T
 
 
 def for_each_tenant(
-    factory: Callable[..., _S],
+    factory: Callable[..., _S] | HasJobs[_S],
     fn: Callable[[_S, str], _T],
     *,
     tenants: Iterable[str] | None = None,
@@ -199,7 +276,8 @@ def for_each_tenant(
 ) -> TenantRun[_T]:
     """Run ``fn(session, schema)`` for every tenant, at most ``jobs`` at a time.
 
-    :param factory: a ``sessionmaker`` that :func:`sa_tenancy.install` was called on.
+    :param factory: a ``sessionmaker`` that :func:`sa_tenancy.install` was called on, or a
+        ``FlaskTenancy``.
     :param fn: called with a fresh session for the tenant and the tenant's name. Its work is
         committed when it returns and rolled back when it raises; its return value is the
         tenant's result.
@@ -218,17 +296,19 @@ def for_each_tenant(
 
     ``KeyboardInterrupt`` stops scheduling; tenants already running finish their transaction.
     """
-    installation = require_installation(factory)
+    source = _source_of(factory)
+    installation = require_installation(source.factory)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise TenancyError(f"jobs must be a positive int, not {jobs!r}")
     if tenants is None:
-        engine = bind or _engine_of(factory)
-        if engine is None:
-            raise TenancyError(
-                "cannot list the tenants: pass tenants=[...] or bind=engine "
-                "(the factory has no engine bound)"
-            )
-        names = list_tenants(engine, directory=_sqlite_directory(installation))
+        with source.context():
+            engine = bind or source.engine()
+            if engine is None:
+                raise TenancyError(
+                    "cannot list the tenants: pass tenants=[...] or bind=engine "
+                    "(the factory has no engine bound)"
+                )
+            names = list_tenants(engine, directory=_sqlite_directory(installation))
     else:
         if isinstance(tenants, str):
             raise TenancyError("tenants must be a collection of names, not a single str")
@@ -247,7 +327,7 @@ def for_each_tenant(
                     schema = next(pending, None)
                     if schema is None:
                         break
-                    in_flight[pool.submit(_run_one, factory, schema, fn)] = schema
+                    in_flight[pool.submit(_run_one, source, schema, fn)] = schema
                 if not in_flight:
                     break
                 finished, _ = wait(
