@@ -52,3 +52,5 @@ SQLITE_ATTACHED = "sa_tenancy_sqlite_attached"
 FITS = "sa_tenancy_fits"
 #: MySQL/MariaDB: tenants checked to share no table name with the default database.
 DEFAULT_DB_CHECKED = "sa_tenancy_default_db_checked"
+#: The distinct tenants this DBAPI connection has served (with max_tenants_per_connection).
+SERVED = "sa_tenancy_served"

@@ -1,0 +1,123 @@
+"""Claims: the open sessions using a pooled DBAPI connection, and their tenant (private).
+
+A tenant is applied to a *connection*, and one DBAPI connection can be reached by several
+sessions at once: sessions bound to one ``Connection`` (the "join an external transaction" test
+fixture), or a ``StaticPool``. Whatever one of them applies, the others see. So each session
+transaction that applies a tenant *claims* the DBAPI connection, in the pool entry's ``info``
+(which lives as long as the DBAPI connection): the claim names the tenant and the open session
+transactions relying on it. Another tenant's session (or one without a tenant) is refused while
+the claim has live holders; sessions of the same tenant share it.
+
+Holders are held weakly: a session dropped without being closed must not keep its transaction,
+its ``Connection`` or its pool slot alive through the claim.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Transaction
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import SessionTransaction
+
+from ._guard import ensure_guard
+from ._keys import REFUSED_OPTION
+
+__all__ = [
+    "FAILED",
+    "NOTHING",
+    "STATE_ATTR",
+    "Claim",
+    "State",
+    "disable",
+    "orphan",
+    "owned",
+    "same",
+    "state_of",
+]
+
+#: Attribute of a session holding its bookkeeping (not in session.info, which users write).
+STATE_ATTR = "_sa_tenancy_state"
+
+FAILED = object()
+NOTHING = object()
+
+
+class Claim:
+    """The open session transactions using one DBAPI connection, and the tenant they serve."""
+
+    __slots__ = ("holders", "home", "schema", "scope")
+
+    def __init__(self, schema: str | None, home: dict[str, Any]) -> None:
+        self.schema = schema
+        self.home = home  # the pool entry's info, where this claim is kept
+        self.holders: list[weakref.ref[State]] = []
+        # On a Connection the session does not own: the SQLAlchemy transaction (or savepoint)
+        # in which the tenant was applied; the tenant lasts as long as it is active.
+        self.scope: Transaction | None = None
+
+    def in_scope(self) -> bool:
+        return self.scope is None or self.scope.is_active
+
+    def others(self, me: State) -> list[State]:
+        """The other sessions whose transaction still uses the connection."""
+        found = []
+        for ref in self.holders:
+            state = ref()
+            if state is not None and state is not me and state.transaction is not None:
+                found.append(state)
+        return found
+
+
+class State:
+    """What the current (or last) transaction of one session applied."""
+
+    __slots__ = ("__weakref__", "held", "loaded", "raw", "ref", "schema", "transaction")
+
+    def __init__(self) -> None:
+        self.transaction: SessionTransaction | None = None  # open transaction that applied
+        self.raw: object = None  # the info value as given, to spot a change cheaply
+        self.schema: object = None  # validated schema, None (no tenant) or FAILED
+        self.loaded: object = NOTHING  # tenant whose objects the identity map may hold
+        self.held: list[tuple[Connection, Claim, bool]] = []  # (connection, claim, owned)
+        self.ref = weakref.ref(self)
+
+
+def same(value: object, applied: object) -> bool:
+    # Compare as plain str: an info value with a hostile __eq__ must not vouch for itself.
+    return value is applied or (type(value) is str and value == applied)
+
+
+def owned(transaction: SessionTransaction, connection: Connection) -> bool:
+    """Whether the session made ``connection`` (and closes it with the transaction)."""
+    entry = transaction._connections.get(connection)
+    return bool(entry is not None and entry[3])
+
+
+def state_of(session: Session) -> State | None:
+    state: State | None = session.__dict__.get(STATE_ATTR)
+    return state
+
+
+def disable(connection: Connection, others: list[State], why: str) -> None:
+    """Make ``connection`` unusable for the refused session, sparing the other sessions."""
+    if not others:
+        connection.invalidate()  # nothing applied: no statement may run on it
+        return
+    if any(c is connection for other in others for c, _, _ in other.held):
+        return  # the very same Connection object serves the other session: leave it be
+    connection.execution_options(**{REFUSED_OPTION: why})
+    ensure_guard(connection.engine)
+
+
+def orphan(others: list[State], claim: Claim, why: str) -> None:
+    """Refuse every statement of sessions whose tenant transaction ended under them."""
+    for other in others:
+        for connection, held_claim, _ in other.held:
+            if held_claim is claim and not connection.closed:
+                connection.execution_options(
+                    **{REFUSED_OPTION: f"{why}; roll back or close this session"}
+                )
+                ensure_guard(connection.engine)
