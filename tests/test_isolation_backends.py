@@ -26,9 +26,9 @@ from sqlalchemy.pool import StaticPool
 import sa_tenancy
 from sa_tenancy import InvalidSchemaName
 from sa_tenancy import NamePolicy
-from sa_tenancy import RawSQLRefused
 from sa_tenancy import SchemaSwitchError
 from sa_tenancy import SQLiteFiles
+from sa_tenancy import TenancyError
 from sa_tenancy.testing import DECOY
 from sa_tenancy.testing import unique_name
 
@@ -42,7 +42,9 @@ notes = table("notes", column("id"), column("body"))  # lightweight: never trans
 def fragments():
     """Statements with parts SQLAlchemy's translate map does not reach."""
     return {
-        "text-columns": select(text("body FROM notes").columns(column("body")).subquery().c.body),
+        "text-columns": select(
+            text("SELECT body FROM notes").columns(column("body")).subquery().c.body
+        ),
         "from_statement": select(Note).from_statement(text("SELECT id, body FROM notes")),
         "select_from-text": select(literal_column("body")).select_from(text("notes")),
         "literal-subquery": select(literal_column("(SELECT max(body) FROM notes)").label("body")),
@@ -57,7 +59,8 @@ def assert_tenant_only(session, statement, tenant):
     try:
         result = session.execute(statement)
         rows = result.all() if getattr(result, "returns_rows", True) else []
-    except (DBAPIError, RawSQLRefused):
+        session.commit()  # a write that went astray must persist to be seen
+    except (DBAPIError, TenancyError):
         session.rollback()
         return
     bodies = {getattr(row[0], "body", row[0]) for row in rows}
@@ -105,14 +108,22 @@ def server_engine(mysql_url):
     engine.dispose()
 
 
+@pytest.mark.parametrize("default_db", [False, True], ids=["no-default-db", "default-db"])
 @pytest.mark.parametrize("name", list(fragments()))
-def test_mysql_untranslated_sql_reaches_no_database(server_engine, mysql_tenants, name):
-    (a,) = mysql_tenants(tenant_metadata, 1)
-    factory = sessionmaker(server_engine)
+def test_mysql_untranslated_sql_reaches_no_database(
+    server_engine, mysql_engine, mysql_tenants, name, default_db
+):
+    """Without a default database nothing is there to read; one with tenant tables is refused."""
+    (a,) = mysql_tenants(tenant_metadata, 1)  # also decoy tables in the URL's database
+    factory = sessionmaker(mysql_engine if default_db else server_engine)
     sa_tenancy.install(factory, strategy="translate_map", allow_raw_sql=True)
-    seed_tenant(factory, a)
+    seed = sessionmaker(server_engine)
+    sa_tenancy.install(seed, strategy="translate_map")
+    seed_tenant(seed, a)
     with factory(info={"schema": a}) as session:
         assert_tenant_only(session, fragments()[name], a)
+    with mysql_engine.connect() as conn:
+        assert conn.execute(select(Note.body)).scalars().all() == [DECOY]
 
 
 @pytest.fixture
@@ -126,12 +137,17 @@ def sqlite_engine(tmp_path):
     engine.dispose()
 
 
+@pytest.mark.parametrize("decoys", [False, True], ids=["clean-main", "tenant-tables-in-main"])
 @pytest.mark.parametrize("name", list(fragments()))
-def test_sqlite_untranslated_sql_never_reaches_main(sqlite_engine, name):
+def test_sqlite_untranslated_sql_never_reaches_main(sqlite_engine, name, decoys):
     factory = sessionmaker(sqlite_engine)
     sa_tenancy.install(factory, strategy=SQLiteFiles(allow_raw_sql=True))
     seed_tenant(factory, "acme")
     seed_tenant(factory, "globex")
+    if decoys:  # tenant-named tables in the main file: refused, never read
+        tenant_metadata.create_all(sqlite_engine)
+        with sqlite_engine.begin() as conn:
+            conn.execute(insert(Note).values(id=1, body=DECOY))
     # Only the current tenant's file is attached, and main holds no tenant table: an
     # unqualified name resolves in the tenant's own file or nowhere.
     with factory(info={"schema": "acme"}) as session:
