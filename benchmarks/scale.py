@@ -15,15 +15,18 @@ planning time
 SQLAlchemy and the client
     one engine per strategy serves one transaction of each unit of work
     (:mod:`benchmarks.overhead`) on the first 10 tenants, and a read and an update on *every*
-    tenant so far; then ``len(engine._compiled_cache)``
-    (SQLAlchemy's compiled-statement LRU) and this process's RSS. With ``schema_translate_map``
-    the tenant is applied after compilation and is not part of the cache key; with
+    tenant so far; then the size of SQLAlchemy's compiled-statement LRU the tenant statements
+    use (the engine's; ``translate_map`` keeps one of its own) and this process's RSS. With
+    ``schema_translate_map`` the tenant is applied after compilation and is not part of the
+    cache key; with
     ``search_path`` SQLAlchemy never sees the tenant. Neither may grow per tenant.
 warm transactions
     ``select_pk`` round-robin over 10 tenants against round-robin over all of them, per strategy
     (interleaved, ratio to search_path over 10), and the private memory of the backend that
     served them (``/proc/<pid>/smaps_rollup``: a backend keeps the catalog entries of every
-    table it touched; long-lived pooled connections in a many-tenant app want ``pool_recycle``).
+    table it touched), with and without ``install(..., max_tenants_per_connection=N)``
+    (``--limit``, default 100): a third engine, ``search_path`` with the limit, serves the same
+    transactions, and its backend is replaced after every N tenants.
 
 Run::
 
@@ -59,6 +62,7 @@ from .overhead import sync_runner
 from .overhead import update
 
 STRATEGIES = ("search_path", "translate_map")
+LIMITED = "search_path+limit"
 _PLANNING = re.compile(r"Planning Time: ([0-9.]+) ms")
 
 
@@ -130,6 +134,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--sample", type=int, default=50, help="tenants sampled for planning (default 50)"
     )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="max_tenants_per_connection of the third engine (default %(default)s)",
+    )
     args = _harness.parse(parser, argv)
     steps = sorted({int(v) for v in args.tenants.split(",") if v})
     if not steps or steps[0] < 10 or steps[-1] > 20000:
@@ -140,11 +150,14 @@ def main(argv: list[str]) -> int:
     results: list[dict[str, Any]] = []
     with _harness.scratch_database(args.dburl) as url:
         setup = create_engine(url)
-        engines = {s: create_engine(url, pool_size=1, max_overflow=0) for s in STRATEGIES}
+        names = (*STRATEGIES, LIMITED)
+        engines = {s: create_engine(url, pool_size=1, max_overflow=0) for s in names}
         factories = {}
-        for strategy, engine in engines.items():
-            factories[strategy] = sessionmaker(engine, expire_on_commit=False)
-            sa_tenancy.install(factories[strategy], strategy=strategy)
+        for name, engine in engines.items():
+            factories[name] = sessionmaker(engine, expire_on_commit=False)
+            limit = args.limit if name == LIMITED else None
+            strategy = name.split("+")[0]
+            sa_tenancy.install(factories[name], strategy=strategy, max_tenants_per_connection=limit)
         tenants: list[str] = []
         served = 0
         try:
@@ -179,8 +192,10 @@ def main(argv: list[str]) -> int:
                                 op(session, i)
                 served = len(tenants)
                 gc.collect()
-                for strategy, engine in engines.items():
-                    row[f"compiled_cache_{strategy}"] = len(engine._compiled_cache or ())
+                for strategy in STRATEGIES:
+                    row[f"compiled_cache_{strategy}"] = compiled_cache_size(
+                        factories[strategy], engines[strategy]
+                    )
                 # the ORM caches flush statements (INSERT/UPDATE) per mapper, not per engine
                 row["flush_cache"] = sum(len(m._compiled_cache) for m in Base.registry.mappers)
                 row["client_rss_mb"] = _harness.rss_bytes() / 2**20
@@ -213,13 +228,44 @@ def warm(
     measured = _harness.compare(
         runners, baseline="search_path @10", n=args.n, repeat=args.repeat, budget=90.0
     )
+    limited = limited_backend_memory(factories[LIMITED], engines[LIMITED], tenants, args.limit)
     for m in measured:
         strategy = m.name.split()[0]
-        with engines[strategy].connect() as conn:  # no SQL: nothing new in the cache
-            pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
-        memory = private_memory(pid)
+        if strategy == LIMITED:
+            memory = limited
+        else:
+            with engines[strategy].connect() as conn:  # no SQL: nothing new in the cache
+                pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+            memory = private_memory(pid)
         m.extra = {"backend_private_mb": None if memory is None else memory / 2**20}
     return measured
+
+
+def compiled_cache_size(factory: Any, engine: Engine) -> int:
+    """Entries in the compiled cache tenant statements use (translate_map keeps its own)."""
+    installation = sa_tenancy.installation_of(factory)
+    assert installation is not None
+    strategy = installation.strategy
+    if isinstance(strategy, sa_tenancy.TranslateMap):
+        return len(strategy._cache_for(engine) or ())
+    return len(engine._compiled_cache or ())
+
+
+def limited_backend_memory(factory: Any, engine: Engine, tenants: list[str], limit: int) -> Any:
+    """Private memory of a backend that has served ``limit`` tenants: the most it can hold.
+
+    With the limit, a backend is replaced at check-in once it has served ``limit`` tenants; so
+    start from a new one, serve ``limit`` tenants, and read its memory inside the last session.
+    """
+    engine.dispose()
+    subset = tenants[:limit]
+    for i, tenant in enumerate(subset[:-1]):
+        with factory(info={"schema": tenant}) as session:
+            select_pk(session, i)
+    with factory(info={"schema": subset[-1]}) as session:
+        select_pk(session, len(subset) - 1)
+        pid = session.connection().connection.driver_connection.info.backend_pid
+        return private_memory(pid)
 
 
 def step_table(row: dict[str, Any]) -> str:
@@ -257,8 +303,9 @@ def summary(results: list[dict[str, Any]]) -> str:
         "",
         "| tenants | create ms/tenant (script / create_tenant) | pg_class rows | catalog MB "
         "| plan ms (first / again) | compiled cache (search_path / translate_map / flush) "
-        "| client RSS MB | warm ratio @all vs @10 (search_path / translate_map) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client RSS MB | warm ratio @all vs @10 (search_path / translate_map / with limit) "
+        "| backend private MB (search_path / translate_map / with limit) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ratios = {m.name: m.ratio for m in r["warm"]}
@@ -268,12 +315,18 @@ def summary(results: list[dict[str, Any]]) -> str:
             ratios.get(f"translate_map @{n}", ratios["translate_map @10"])
             / ratios["translate_map @10"]
         )
+        lm = ratios.get(f"{LIMITED} @{n}", ratios[f"{LIMITED} @10"]) / ratios["search_path @10"]
+        memory = {m.name.split()[0]: m.extra.get("backend_private_mb") for m in r["warm"]}
+        mb = " / ".join(
+            "?" if memory.get(name) is None else f"{memory[name]:.0f}"
+            for name in (*STRATEGIES, LIMITED)
+        )
         lines.append(
             f"| {n} | {r['create_script_ms']:.1f} / {r['create_tenant_ms']:.1f} "
             f"| {r['pg_class_rows']} | {r['catalog_mb']:.0f} "
             f"| {r['plan_first_ms']:.3f} / {r['plan_again_ms']:.3f} "
             f"| {r['compiled_cache_search_path']} / {r['compiled_cache_translate_map']} "
             f"/ {r['flush_cache']} "
-            f"| {r['client_rss_mb']:.1f} | {sp:.2f} / {tm:.2f} |"
+            f"| {r['client_rss_mb']:.1f} | {sp:.2f} / {tm:.2f} / {lm:.2f} | {mb} |"
         )
     return "\n".join(lines)
