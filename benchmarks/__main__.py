@@ -8,6 +8,7 @@ candidates in the same run and report ratios: on a small, noisy machine only rat
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -31,7 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown suite {suite!r}; suites: {', '.join(names)}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"benchmarks.{suite}")
-    return int(module.main(rest))
+    status = int(module.main(rest))
+    if suite != "stress" and rest[:1] not in (["-h"], ["--help"]):
+        # The start's load average is in the suite's header; figures count only from a machine
+        # that stayed idle (below 0.5) from start to end.
+        print(f"# load average at the end (1 / 5 / 15 min): {_load()}")
+    return status
+
+
+def _load() -> str:
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -54,3 +54,5 @@ FITS = "sa_tenancy_fits"
 DEFAULT_DB_CHECKED = "sa_tenancy_default_db_checked"
 #: The distinct tenants this DBAPI connection has served (with max_tenants_per_connection).
 SERVED = "sa_tenancy_served"
+#: Tenants this DBAPI connection has already found to exist and be usable (search_path).
+VERIFIED = "sa_tenancy_verified"

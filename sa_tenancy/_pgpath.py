@@ -40,6 +40,7 @@ from ._keys import OUTLIVES_OPTION
 from ._keys import SAVED_PATH_OPTION
 from ._keys import TEMP_OWNER
 from ._keys import TEMP_PENDING
+from ._keys import VERIFIED
 from .exc import FAIL_CLOSED
 from .exc import InvalidSchemaName
 from .exc import UnknownSchema
@@ -95,14 +96,26 @@ def _path_only(error: UnknownSchema) -> UnknownSchema:
     return error
 
 
-def apply(connection: Connection, path: str, *, tenant: str, check: bool) -> None:
+def apply(
+    connection: Connection, path: str, *, tenant: str, check: bool, once: bool = False
+) -> None:
     """Set ``path`` for the transaction of ``connection``, which serves ``tenant``.
 
     :param check: confirm that ``tenant`` exists, is usable and is the schema its name means;
         raise (leaving a path that reaches nothing) otherwise.
+    :param once: check only the first time this DBAPI connection serves ``tenant``. Sound only
+        when the path holds nothing but the tenant (and ``pg_temp``): a tenant dropped, renamed
+        or made unusable later then resolves nowhere, and its statements fail with "relation
+        does not exist" instead of :class:`~sa_tenancy.UnknownSchema`.
     """
     pooled = connection.connection
     home = pooled.info
+    if once and check:
+        verified: set[str] | None = home.get(VERIFIED)
+        if verified is None:
+            verified = home[VERIFIED] = set()
+        elif tenant in verified:
+            check = False
     discard = home.get(TEMP_OWNER, _UNKNOWN) != tenant
     outlives = connection.get_execution_options().get(OUTLIVES_OPTION, False)
     if connection.dialect.driver == "psycopg" and not outlives:
@@ -112,7 +125,11 @@ def apply(connection: Connection, path: str, *, tenant: str, check: bool) -> Non
         if current is not _psycopg.NOT_SENT:
             if discard:
                 home[TEMP_PENDING] = tenant
-            if not check or current == tenant:
+            if not check:
+                return
+            if current == tenant:
+                if once:
+                    home[VERIFIED].add(tenant)
                 return
             discard = False  # already done in this transaction
             # The tenant is not the first usable schema of the path: the statement below says why.
@@ -147,6 +164,8 @@ def apply(connection: Connection, path: str, *, tenant: str, check: bool) -> Non
             )
             setattr(error, FAIL_CLOSED, True)
             raise error
+    if once and check:
+        home[VERIFIED].add(tenant)
     if outlives and connection.get_execution_options().get(SAVED_PATH_OPTION) is None:
         connection.execution_options(**{SAVED_PATH_OPTION: prev})
 

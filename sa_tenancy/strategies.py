@@ -97,7 +97,10 @@ class SearchPath:
         types such as ``citext`` live in ``public``. Never added implicitly: a tenant table must
         not silently resolve to a same-named table in a shared schema.
     :param check_exists: confirm, in the same statement, that the schema exists and the role
-        may use it; raise :class:`~sa_tenancy.UnknownSchema` otherwise. Leave it on.
+        may use it; raise :class:`~sa_tenancy.UnknownSchema` otherwise. Leave it on. Without
+        ``extra_schemas`` it runs the first time a pooled connection serves a tenant: the path
+        then holds nothing else, so a tenant dropped or made unusable later fails closed
+        ("relation does not exist", which the web integrations still answer with 404).
 
     The path ends with ``pg_temp``: PostgreSQL otherwise searches temporary tables *first*, and
     a temporary table named like a tenant table would shadow it. Temporary objects never cross
@@ -157,7 +160,12 @@ class SearchPath:
                 "the tenant or use strategy='translate_map'."
             )
         _pgpath.apply(
-            connection, self.search_path(connection, schema), tenant=schema, check=self.check_exists
+            connection,
+            self.search_path(connection, schema),
+            tenant=schema,
+            check=self.check_exists,
+            # With extra schemas a missing tenant would fall through to them: check every time.
+            once=not self.extra_schemas,
         )
 
     def __repr__(self) -> str:
