@@ -23,7 +23,6 @@ the portable ``set_config`` statement (one round trip more, same guarantees).
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 from typing import NoReturn
 
@@ -156,7 +155,7 @@ def begin_with_path(
 
 
 def _send_sync(conn: Any, statement: bytes) -> Any:
-    from psycopg import generators
+    from psycopg import generators  # imported already by available(): a dictionary lookup
 
     with conn.lock:
         conn.pgconn.send_query(statement)
@@ -199,12 +198,18 @@ def _announce(connection: Connection, hook: str, statement: str) -> None:
     hooks get ``context=None``, as for the statements SQLAlchemy itself runs outside an
     execution context (sequences, defaults).
     """
-    listeners = getattr(connection.dispatch, hook)
+    # _has_events: SQLAlchemy's own flag that any connection event is listened to; without it
+    # the dispatch attribute is not even looked at (it builds a listener collection).
+    listeners = (
+        getattr(connection.dispatch, hook)
+        if connection._has_events or connection.engine._has_events
+        else None
+    )
     if listeners:
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             listeners(connection, cursor, statement, {}, None, False)
         finally:
             cursor.close()
-    if hook == "before_cursor_execute" and connection.engine.logger.isEnabledFor(logging.INFO):
+    if hook == "before_cursor_execute" and connection._echo:
         connection.engine.logger.info("%s", statement)

@@ -65,7 +65,6 @@ from ._claims import disable
 from ._claims import orphan
 from ._claims import owned as owned_by_session
 from ._claims import same
-from ._claims import state_of
 from ._guard import ensure_guard
 from ._info import info_property
 from ._keys import CLAIM
@@ -115,7 +114,7 @@ class Installation:
     ) -> None:
         if transaction.nested:
             return  # a savepoint runs on the connection its transaction already set up
-        state = state_of(session)
+        state: State | None = session.__dict__.get(STATE_ATTR)
         if state is None:
             state = session.__dict__[STATE_ATTR] = State()
         raw = session.info.get(self.info_key)
@@ -195,7 +194,7 @@ class Installation:
         disable(connection, others, str(error))
 
     def _after_commit(self, session: Session) -> None:
-        state = state_of(session)
+        state: State | None = session.__dict__.get(STATE_ATTR)
         if state is None or state.transaction is None:
             return
         for _, claim, owned in state.held:
@@ -211,7 +210,7 @@ class Installation:
     def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
         if transaction.nested:
             return
-        state = state_of(session)
+        state: State | None = session.__dict__.get(STATE_ATTR)
         if state is None or state.transaction is not transaction:
             return
         held, state.held, state.transaction = state.held, [], None
@@ -268,7 +267,7 @@ class Installation:
         current = dict.get(session.info, self.info_key)
         if same(new, current):
             return
-        state = state_of(session)
+        state: State | None = session.__dict__.get(STATE_ATTR)
         if state is not None and state.transaction is not None:
             raise SchemaSwitchError(
                 f"session.info[{self.info_key!r}] cannot change from {current!r} to {new!r} in "
@@ -295,7 +294,7 @@ class Installation:
             )
 
     def _check_current(self, session: Session) -> None:
-        state = state_of(session)
+        state: State | None = session.__dict__.get(STATE_ATTR)
         if state is None or state.transaction is None:
             return  # no transaction begun yet: after_begin will apply the current tenant
         if state.transaction is not session.get_transaction():
