@@ -11,10 +11,14 @@ Both strategies set a path on PostgreSQL, for the transaction only:
   create in") instead of reading or writing ``public``.
 
 ``pg_temp`` is named last because PostgreSQL otherwise searches it *first*. A temporary table
-lives as long as the server connection, so when a pooled connection serves a tenant other than
-the one whose temporary objects it may hold, ``DISCARD TEMP`` travels in the same message (the
-owner is recorded on the pool entry once that transaction commits: a rollback brings the old
-objects back, and the next tenant discards them again).
+lives as long as the server connection, so temporary objects are discarded when a tenant
+transaction begins: on psycopg ``DISCARD TEMP`` travels in every ``BEGIN`` message (about a
+microsecond of server time, no round trip), so no tenant transaction sees an object made in
+another transaction, by another tenant, by plain code, or by another client behind PgBouncer.
+Elsewhere it costs a statement of its own, so it is sent only when the pool entry may hold
+another tenant's objects (the owner is recorded once a transaction commits: a rollback brings
+the old objects back, and the next tenant discards them again). Inside one tenant transaction
+temporary objects work as usual; they do not outlive it into the next one.
 
 On psycopg 3 the path travels with the transaction's ``BEGIN`` (:mod:`sa_tenancy._psycopg`): no
 round trip more than a plain transaction. Elsewhere, or when the server transaction is already
@@ -119,12 +123,15 @@ def apply(
     discard = home.get(TEMP_OWNER, _UNKNOWN) != tenant
     outlives = connection.get_execution_options().get(OUTLIVES_OPTION, False)
     if connection.dialect.driver == "psycopg" and not outlives:
+        # In the BEGIN message DISCARD TEMP costs no round trip and about a microsecond of
+        # server time, so it is sent every time: no transaction of a tenant ever sees temporary
+        # objects made in another transaction, whoever made them (plain code on the same pooled
+        # connection, or another client behind PgBouncer's transaction pooling).
         current = _psycopg.begin_with_path(
-            connection, pooled.driver_connection, path, check=check, discard_temp=discard
+            connection, pooled.driver_connection, path, check=check, discard_temp=True
         )
         if current is not _psycopg.NOT_SENT:
-            if discard:
-                home[TEMP_PENDING] = tenant
+            home[TEMP_PENDING] = tenant
             if not check:
                 return
             if current == tenant:

@@ -247,26 +247,36 @@ def test_temp_tables_never_cross_tenants(pg_url, two_tenants, strategy):
     engine = create_engine(pg_url, pool_size=1, max_overflow=0)
     factory = sessionmaker(engine)
     sa_tenancy.install(factory, strategy=strategy)
-    pid = "SELECT pg_backend_pid()"
 
-    def run(tenant, sql, commit=True):
+    def run(tenant, *sqls, commit=True):
         with factory(info={"schema": tenant}) as session:
-            result = session.execute(text(sql).execution_options(**RAW))
-            rows = result.all() if result.returns_rows else None  # type: ignore[attr-defined]
+            rows = None
+            for sql in sqls:
+                result = session.execute(text(sql).execution_options(**RAW))
+                rows = result.all() if result.returns_rows else None  # type: ignore[attr-defined]
             if commit:
                 session.commit()
             return rows
 
+    pid = "SELECT pg_backend_pid()"
     backend = run(a, pid)[0][0]
-    run(a, "CREATE TEMP TABLE secret ON COMMIT PRESERVE ROWS AS SELECT 'a-secret' AS s")
+    # Inside one transaction a temporary table works as usual.
+    make = "CREATE TEMP TABLE secret ON COMMIT PRESERVE ROWS AS SELECT 'a-secret' AS s"
+    assert run(a, make, "SELECT s FROM pg_temp.secret") == [("a-secret",)]
     run(a, "CREATE TEMP TABLE notes ON COMMIT PRESERVE ROWS AS SELECT 'a-temp' AS body")
-    assert run(a, "SELECT s FROM pg_temp.secret") == [("a-secret",)]
-    with pytest.raises(ProgrammingError, match="does not exist"):
-        run(b, "SELECT s FROM pg_temp.secret")
-    # b rolled back: the discard is undone with it, and done again at b's next transaction.
+    for tenant in (b, a):  # another tenant never sees it, nor a later transaction of the same
+        with pytest.raises(ProgrammingError, match="does not exist"):
+            run(tenant, "SELECT s FROM pg_temp.secret")
+    # A rollback brings dropped objects back on the server; the next tenant still sees none.
     run(b, pid, commit=False)
     with pytest.raises(ProgrammingError, match="does not exist"):
         run(b, "SELECT body FROM pg_temp.notes")
+    # Temporary tables made by plain code on the same pooled connection: not seen either.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TEMP TABLE plain_tmp ON COMMIT PRESERVE ROWS AS SELECT 1 AS x")
+        conn.commit()
+    with pytest.raises(ProgrammingError, match="does not exist"):  # psycopg: every begin
+        run(a, "SELECT x FROM pg_temp.plain_tmp")
     assert run(b, pid)[0][0] == backend  # the same pooled server connection throughout
     engine.dispose()
 
