@@ -56,7 +56,8 @@ _DEFAULT_POLICY = NamePolicy()
 #: What moves out of ``public``: ``(ALTER kind, name)``, for objects no extension owns.
 #: Indexes, constraints, triggers and the sequences owned by a column (serial and identity,
 #: deptype 'a'/'i') move with their table; a table's row type and a type's array move with
-#: it, so only standalone composite types are listed.
+#: it, so only standalone composite types are listed. Extended statistics stay where they are
+#: when their table moves: they are listed too.
 _PUBLIC_OBJECTS = """
 SELECT kind, name FROM (
     SELECT CASE c.relkind WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'S' THEN 'SEQUENCE'
@@ -74,6 +75,12 @@ SELECT kind, name FROM (
       AND (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND r.relkind = 'c'))
       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
                       AND d.objid = t.oid AND d.deptype = 'e')
+    UNION ALL
+    SELECT 'STATISTICS', s.stxname
+    FROM pg_statistic_ext s
+    WHERE s.stxnamespace = 'public'::regnamespace
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_statistic_ext'::regclass
+                      AND d.objid = s.oid AND d.deptype = 'e')
 ) AS o (kind, name) ORDER BY kind, name COLLATE "C"
 """
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
@@ -16,6 +18,8 @@ import sa_tenancy
 from sa_tenancy import _ledger
 from sa_tenancy.testing import unique_name
 
+from ._alembic_env import ALEMBIC_SCRIPT
+from ._alembic_env import add_revisions
 from ._alembic_env import drop_database
 from ._alembic_env import ledger
 from ._alembic_env import make_database
@@ -37,6 +41,10 @@ CREATE TABLE orders (
     qty positive NOT NULL,
     window_ span
 );
+CREATE TABLE events (id integer, at date NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events VALUES (1, '2026-12-03');
+CREATE STATISTICS item_stats ON name, mood FROM items;
 CREATE SEQUENCE invoice_numbers START 100;
 CREATE VIEW big_orders AS SELECT o.id, i.name, o.qty FROM orders o JOIN items i ON i.id = o.item_id
     WHERE o.qty >= 10;
@@ -52,7 +60,10 @@ REFRESH MATERIALIZED VIEW item_counts;
 MOVED = [
     "materialized view item_counts",
     "sequence invoice_numbers",
+    "statistics item_stats",
     "table alembic_version",
+    "table events",
+    "table events_2026",
     "table items",
     "table orders",
     "type mood",
@@ -122,16 +133,44 @@ def _mark(engine: Engine, schema: str) -> str | None:
 
 
 def _public_objects(engine: Engine) -> set[str]:
-    """Relations and types in ``public`` that no extension owns, minus array types."""
+    """Relations, types and statistics in ``public`` that no extension owns (arrays aside)."""
     rows = _rows(
         engine,
         "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
         "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e') "
         "UNION ALL SELECT t.typname FROM pg_type t WHERE t.typnamespace = 'public'::regnamespace "
         "AND t.typtype <> 'b' AND t.typrelid = 0 "
-        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e')",
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e') "
+        "UNION ALL SELECT stxname FROM pg_statistic_ext "
+        "WHERE stxnamespace = 'public'::regnamespace",
     )
     return {r[0] for r in rows}
+
+
+#: The last lines of the ``env.py`` that ``alembic init`` writes, and the two that replace them
+#: to make it per-tenant (docs/lifecycle.md, "Adopting an existing deployment").
+SINGLE_SCHEMA_ENV = """if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
+"""
+PER_TENANT_ENV = """from sa_tenancy.migrate import run_tenant_migrations
+run_tenant_migrations(context, target_metadata=target_metadata)
+"""
+
+
+def _existing_alembic_project(directory: Path) -> Path:
+    """An application's ``alembic init`` project at r2, its ``env.py`` changed as documented."""
+    made = subprocess.run(
+        [str(ALEMBIC_SCRIPT), "init", "migrations"], cwd=directory, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    env = directory / "migrations" / "env.py"
+    source = env.read_text()
+    assert source.endswith(SINGLE_SCHEMA_ENV), source[-300:]
+    env.write_text(source[: -len(SINGLE_SCHEMA_ENV)] + PER_TENANT_ENV)
+    add_revisions(directory / "migrations", ("r1", "r2"))
+    return directory / "alembic.ini"
 
 
 def _session_factory(engine: Engine) -> sessionmaker:
@@ -266,6 +305,8 @@ def test_adopt_public_moves_the_application_into_a_tenant(legacy_url, legacy_eng
             assert run(text("SELECT (CAST(ROW(1, 2) AS pair)).b")).scalar() == 2
             assert run(text("SELECT upper(window_) FROM orders WHERE id = 1")).scalar() == 5
             assert run(text("SELECT n FROM item_counts WHERE item_id = 1")).scalar() == 1
+            run(text("INSERT INTO events VALUES (2, '2026-12-04')"))  # routed to the partition
+            assert run(text("SELECT count(*) FROM events_2026")).scalar() == 2
             session.commit()
         with factory(info={"schema": "acme"}) as session:
             with pytest.raises(sa_exc.IntegrityError):  # the foreign key still holds
@@ -275,8 +316,9 @@ def test_adopt_public_moves_the_application_into_a_tenant(legacy_url, legacy_eng
                 session.execute(text("INSERT INTO orders (item_id, qty) VALUES (1, 0)"))
     finally:
         sa_tenancy.uninstall(factory)
-    # Migrations see it like any tenant: status from the ledger, then a fleet run to r2.
-    ini = write_env(tmp_path, revisions=("r1", "r2"))
+    # Migrations see it like any tenant: status from the ledger, then a fleet run to r2,
+    # through the application's own `alembic init` project with the documented env.py change.
+    ini = _existing_alembic_project(tmp_path)
     assert sa_tenancy.tenant_status(legacy_engine, config=ini).behind[0]["schema"] == "acme"
     report = sa_tenancy.migrate_tenants(legacy_url, ini, jobs=1)
     assert report.ok, report.failed
