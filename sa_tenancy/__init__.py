@@ -14,6 +14,7 @@ registered, no optional integration imported.
 
 from __future__ import annotations
 
+from ._adopt import adopt_schema
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import ReservoirEmpty
@@ -69,6 +70,7 @@ __all__ = [
     "TenantResult",
     "TranslateMap",
     "UnknownSchema",
+    "adopt_schema",
     "claim_tenant",
     "clone_tenant",
     "create_tenant",

@@ -65,15 +65,19 @@ def _set_mark(conn: Connection, schema: str, mark: str) -> None:
     _ledger.execute_ddl(conn, f"COMMENT ON SCHEMA {quoted} IS '{mark}'")
 
 
+#: What to do about an existing schema that is not a tenant, when creating one.
+_NOT_A_TENANT_HINT = "choose another name, or make it a tenant with adopt_schema()"
+
+
 @contextmanager
-def _duplicate_is_tenancy_error(schema: str) -> Iterator[None]:
+def _duplicate_is_tenancy_error(
+    schema: str, hint: str = "choose another name or drop it first"
+) -> Iterator[None]:
     try:
         yield
     except sa_exc.DBAPIError as error:
         if getattr(error.orig, "sqlstate", None) == "42P06":  # duplicate_schema
-            raise TenancyError(
-                f"schema {schema!r} already exists; choose another name or drop it first"
-            ) from None
+            raise TenancyError(f"schema {schema!r} already exists; {hint}") from None
         raise
 
 
@@ -86,11 +90,12 @@ def _build(
     alembic_config: AlembicConfig | None,
     template: str | None = None,
     data: bool = False,
+    hint: str = "choose another name or drop it first",
 ) -> str | None:
     """Make ``schema`` complete inside the caller's transaction; return its recorded revision."""
     quoted = _ledger.ident(schema)
     _ledger.ensure(conn)
-    with _duplicate_is_tenancy_error(schema):
+    with _duplicate_is_tenancy_error(schema, hint):
         _ledger.execute_ddl(conn, f"CREATE SCHEMA {quoted}")
     _set_mark(conn, schema, mark)
     revision: str | None = None
@@ -124,7 +129,8 @@ def create(
 ) -> None:
     """Schema, tables, mark, Alembic version and ledger row in one transaction."""
     with bind.begin() as conn:
-        _build(conn, schema, mark=TENANT_MARK, metadata=metadata, alembic_config=alembic_config)
+        _build(conn, schema, mark=TENANT_MARK, metadata=metadata, alembic_config=alembic_config,
+               hint=_NOT_A_TENANT_HINT)  # fmt: skip
 
 
 def clone(bind: Engine, template: str, schema: str, *, data: bool) -> None:

@@ -161,6 +161,30 @@ def _cmd_rename(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adopt(args: argparse.Namespace) -> int:
+    from . import _adopt
+
+    schema, tenant = _adopt.check_names(args.schema, args.as_tenant)
+    # Never ./alembic.ini implicitly: stamping claims the schema's tables are at head.
+    if args.config is not None and not Path(args.config).exists():
+        _fail(f"no Alembic configuration at {args.config!r}; pass the project's alembic.ini")
+    engine = _engine(args)
+    try:
+        done = _adopt.adopt(engine, schema, as_tenant=tenant, alembic_config=args.config)
+    except (TenancyError, sa_exc.DBAPIError) as error:
+        if isinstance(error, (InvalidSchemaName, sa_exc.OperationalError)):
+            raise
+        _emit(args, {"adopted": None, "failed": {schema: _message(error)}},
+              [f"FAILED {schema}: {_message(error)}"])  # fmt: skip
+        return 1
+    data = {"schema": done.schema, "tenant": done.tenant, "revision": done.revision,
+            "moved": done.moved}  # fmt: skip
+    line = f"adopted {done.schema} as tenant {done.tenant} (revision {done.revision})"
+    moved = [f"  moved {m}" for m in done.moved]
+    _emit(args, {"adopted": data, "failed": {}}, [line, *moved])
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     engine = _engine(args)
     names = lifecycle.list_tenants(engine)
@@ -294,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", metavar="NEW")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_rename)
+
+    p = sub.add_parser("adopt", parents=[common], help="make an existing schema a tenant")
+    p.add_argument("schema", metavar="SCHEMA", help="the schema to adopt (public: --as needed)")
+    p.add_argument("--as", dest="as_tenant", metavar="NAME", help="the tenant's name")
+    p.add_argument("--config", help="alembic.ini: stamp head if SCHEMA has no alembic_version")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_adopt)
 
     p = sub.add_parser("list", parents=[common], help="list tenants")
     p.add_argument("--json", action="store_true", help="print a JSON array")

@@ -23,7 +23,8 @@ listing, existence checks, renames and drops consider marked tenants only:
 Each mark travels with what it marks (renames, dumps, file copies). An unmarked schema,
 database or file is never listed and never dropped (:class:`~sa_tenancy.UnknownSchema`), and
 ``create_tenant`` never replaces one: it raises :class:`~sa_tenancy.TenancyError`, even with
-``exist_ok=True``, which only means "a *tenant* of that name exists already".
+``exist_ok=True``, which only means "a *tenant* of that name exists already". An existing
+schema becomes a tenant only when asked to, through :func:`sa_tenancy.adopt_schema`.
 
 Provisioning fast, on PostgreSQL: :func:`clone_tenant` copies a template tenant server-side;
 :func:`fill_reservoir` prepares spare, fully built schemas ahead of time and
@@ -134,7 +135,8 @@ def create_tenant(
     ``<directory>/<schema>.db`` (default: beside the main database file), built under a
     private name and published only when complete.
 
-    Never overwrites: an existing schema, database or file that is not a tenant is refused.
+    Never overwrites: an existing schema, database or file that is not a tenant is refused
+    (on PostgreSQL, :func:`~sa_tenancy.adopt_schema` makes an existing schema a tenant).
 
     :param exist_ok: return quietly if the *tenant* already exists (its tables are not
         checked), for idempotent provisioning at start-up.
