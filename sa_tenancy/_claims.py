@@ -17,12 +17,17 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Transaction
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool import SingletonThreadPool
+from sqlalchemy.pool import StaticPool
 
 from ._guard import ensure_guard
+from ._keys import CLAIM
 from ._keys import REFUSED_OPTION
 
 __all__ = [
@@ -36,6 +41,7 @@ __all__ = [
     "owned",
     "same",
     "state_of",
+    "watch_sharing_pool",
 ]
 
 #: Attribute of a session holding its bookkeeping (not in session.info, which users write).
@@ -61,12 +67,12 @@ class Claim:
     def in_scope(self) -> bool:
         return self.scope is None or self.scope.is_active
 
-    def others(self, me: State) -> list[State]:
+    def others(self, me: State | None) -> list[State]:
         """The other sessions whose transaction still uses the connection."""
         found = []
         for ref in self.holders:
             state = ref()
-            if state is not None and state is not me and state.transaction is not None:
+            if state is not None and state is not me and state.live():
                 found.append(state)
         return found
 
@@ -74,15 +80,28 @@ class Claim:
 class State:
     """What the current (or last) transaction of one session applied."""
 
-    __slots__ = ("__weakref__", "held", "loaded", "raw", "ref", "schema", "transaction")
+    __slots__ = ("__weakref__", "held", "loaded", "raw", "ref", "schema", "session", "transaction")
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session) -> None:
+        self.session = weakref.ref(session)
         self.transaction: SessionTransaction | None = None  # open transaction that applied
         self.raw: object = None  # the info value as given, to spot a change cheaply
         self.schema: object = None  # validated schema, None (no tenant) or FAILED
         self.loaded: object = NOTHING  # tenant whose objects the identity map may hold
         self.held: list[tuple[Connection, Claim, bool]] = []  # (connection, claim, owned)
         self.ref = weakref.ref(self)
+
+    def live(self) -> bool:
+        """Whether the transaction that applied the tenant is still the session's own.
+
+        A session whose ``close()`` failed half-way (SQLAlchemy raises when sessions that made
+        savepoints on one Connection end out of order) no longer has that transaction, although
+        its end was never signalled: it must not hold the connection for ever.
+        """
+        if self.transaction is None:
+            return False
+        session = self.session()
+        return session is not None and session.get_transaction() is self.transaction
 
 
 def same(value: object, applied: object) -> bool:
@@ -121,3 +140,37 @@ def orphan(others: list[State], claim: Claim, why: str) -> None:
                     **{REFUSED_OPTION: f"{why}; roll back or close this session"}
                 )
                 ensure_guard(connection.engine)
+
+
+# Pools that hand one DBAPI connection to several checkouts at once: returning any of them
+# resets (rolls back) the connection under the others.
+_SHARING_POOLS = (StaticPool, SingletonThreadPool)
+_watched: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def watch_sharing_pool(pool: Pool) -> None:
+    """On a pool that shares DBAPI connections, refuse sessions whose transaction a reset ended.
+
+    With a ``StaticPool``, any ``Connection`` going back to the pool (a refused session's, plain
+    code's) rolls the shared DBAPI connection back; a tenant session still open on it would then
+    begin a new transaction, without its tenant, at its next statement. The pool's ``reset``
+    event marks such sessions' ``Connection`` objects refused instead.
+    """
+    if not isinstance(pool, _SHARING_POOLS) or pool in _watched:
+        return
+    if not event.contains(pool, "reset", _on_reset):
+        event.listen(pool, "reset", _on_reset)
+    _watched.add(pool)
+
+
+def _on_reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    claim: Claim | None = record.info.get(CLAIM)
+    if claim is not None:
+        others = claim.others(None)
+        if others:
+            orphan(
+                others,
+                claim,
+                "another user of this shared database connection (StaticPool) "
+                "returned it to the pool, which rolled the transaction back",
+            )

@@ -31,6 +31,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ReleaseSavepointClause
+from sqlalchemy.sql.elements import RollbackToSavepointClause
+from sqlalchemy.sql.elements import SavepointClause
 from sqlalchemy.sql.elements import TextClause
 
 from ._keys import ALLOW_RAW_SQL
@@ -54,7 +57,7 @@ def _check(statement: str, context: Any) -> None:
     if refused:
         raise SchemaSwitchError(refused)
     claim = options.get(CLAIM_OPTION)
-    if claim is not None and not claim.in_scope():
+    if claim is not None and not claim.in_scope() and not _transaction_control(context):
         raise SchemaSwitchError(
             f"the transaction in which this connection was given tenant {claim.schema!r} has "
             "ended (rolled back or committed by another session or by the code that shares "
@@ -73,6 +76,17 @@ def _check(statement: str, context: Any) -> None:
         "yourself, use the search_path strategy, or allow it explicitly with "
         f"execution_options({ALLOW_RAW_SQL}=True) (or install(..., allow_raw_sql=True)). "
         f"Statement: {statement[:200]!r}"
+    )
+
+
+def _transaction_control(context: Any) -> bool:
+    """Whether the statement is SQLAlchemy's own SAVEPOINT / RELEASE / ROLLBACK TO.
+
+    They read and write no data, and refusing them would keep a session from ending.
+    """
+    compiled = context.compiled
+    return compiled is not None and isinstance(
+        compiled.statement, (SavepointClause, RollbackToSavepointClause, ReleaseSavepointClause)
     )
 
 

@@ -65,6 +65,7 @@ from ._claims import disable
 from ._claims import orphan
 from ._claims import owned as owned_by_session
 from ._claims import same
+from ._claims import watch_sharing_pool
 from ._guard import ensure_guard
 from ._info import info_property
 from ._keys import CLAIM
@@ -116,7 +117,7 @@ class Installation:
             return  # a savepoint runs on the connection its transaction already set up
         state: State | None = session.__dict__.get(STATE_ATTR)
         if state is None:
-            state = session.__dict__[STATE_ATTR] = State()
+            state = session.__dict__[STATE_ATTR] = State(session)
         raw = session.info.get(self.info_key)
         home: dict[str, Any] = connection.connection.info
         claim: Claim | None = home.get(CLAIM)
@@ -158,6 +159,7 @@ class Installation:
         owned = owned_by_session(transaction, connection)
         if not others:
             claim = home[CLAIM] = Claim(schema, home)
+            watch_sharing_pool(connection.engine.pool)
             if not owned:
                 claim.scope = connection.get_nested_transaction() or connection.get_transaction()
         assert claim is not None

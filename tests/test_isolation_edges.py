@@ -106,6 +106,28 @@ def test_static_pool_two_sessions(pg_url, two_tenants, strategy):
     engine.dispose()
 
 
+def test_static_pool_reset_under_an_open_session(pg_url, two_tenants, strategy):
+    """Returning any other Connection to a StaticPool rolls the shared connection back."""
+    a, b = two_tenants
+    engine = create_engine(pg_url, poolclass=StaticPool)
+    seed(engine, two_tenants)
+    factory = sessionmaker(engine)
+    sa_tenancy.install(factory, strategy=strategy)
+    with factory(info={"schema": b}) as session:
+        assert session.scalars(select(Note.body)).all() == [b]
+        with engine.connect() as plain:  # plain code; its close resets the DBAPI connection
+            plain.exec_driver_sql("SELECT 1")
+        with pytest.raises(SchemaSwitchError, match="rolled the transaction back"):
+            session.scalars(select(Note.body)).all()  # would begin anew, without the tenant
+        refused = factory(info={"schema": a})  # a refused session's rollback resets it too
+        with pytest.raises(SchemaSwitchError):
+            refused.scalars(select(Note.body)).all()
+        refused.close()
+    with factory(info={"schema": b}) as session:
+        assert session.scalars(select(Note.body)).all() == [b]
+    engine.dispose()
+
+
 def test_async_sessions_on_one_connection(pg_url, two_tenants, strategy):
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.ext.asyncio import async_sessionmaker

@@ -145,6 +145,13 @@ def settled_rows(conn, names):
     for _ in range(20):
         try:
             return every_row(conn, names)
+        except TenancyError:
+            # A session that could not end (SQLAlchemy failed to close it) left the Connection
+            # serving its tenant: sa_tenancy refuses every statement on it. Discard it and
+            # check what was committed.
+            conn.invalidate()
+            with conn.engine.connect() as fresh:
+                return every_row(fresh, names)
         except InvalidRequestError:
             nested = conn.get_nested_transaction()
             if nested is not None and not nested.is_active:
