@@ -172,14 +172,32 @@ def server_command(framework: str, port: int) -> list[str]:
 @contextlib.contextmanager
 def served(framework: str, env: dict[str, str], log: Path) -> Iterator[str]:
     """Run the example's real server command; always stop it."""
+    with serve(lambda port: server_command(framework, port), env, log, name=framework) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serve(
+    command: Any,
+    env: dict[str, str],
+    log: Path,
+    *,
+    name: str,
+    cwd: Path = ROOT,
+    inherit: bool = True,
+) -> Iterator[str]:
+    """Run ``command(port)`` as a real server on a free loopback port until it answers
+    ``GET /notes``; yield its base URL; always stop it. ``env`` is added to this process's
+    environment, or replaces it with ``inherit=False``."""
     import httpx
 
     port = free_port()
+    framework = name
     with log.open("w") as out:
         proc = subprocess.Popen(
-            server_command(framework, port),
-            cwd=ROOT,
-            env={**os.environ, **env},
+            command(port),
+            cwd=cwd,
+            env={**os.environ, **env} if inherit else env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -43,7 +43,7 @@ from sa_tenancy.integrations.workers import tenant_session
 
 from .test_example_apps import ROOT
 from .test_example_apps import check_served
-from .test_example_apps import free_port
+from .test_example_apps import serve
 
 
 class Stack:
@@ -354,13 +354,10 @@ def test_example_under_flask_run_with_concurrent_requests(
 ):
     """``examples/flask_sqlalchemy_app.py`` under ``flask run`` (threaded), 8 clients at once:
     on PostgreSQL with each strategy, and with its defaults (SQLite files in ``demo_data/``)."""
-    import subprocess
     import sys
-    import time
 
     import httpx
 
-    port = free_port()
     unset = ("DATABASE_URL", "TENANTS", "TENANCY_STRATEGY")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env["PYTHONPATH"] = str(ROOT)
@@ -368,33 +365,13 @@ def test_example_under_flask_run_with_concurrent_requests(
     if strategy != "sqlite":
         tenants = example_tenants
         env.update(DATABASE_URL=pg_url, TENANTS=",".join(tenants), TENANCY_STRATEGY=strategy)
-    command = [sys.executable, "-m", "flask", "--app", "examples.flask_sqlalchemy_app", "run"]
+    app = [sys.executable, "-m", "flask", "--app", "examples.flask_sqlalchemy_app", "run"]
+    command = lambda port: [*app, "--host", "127.0.0.1", "--port", str(port)]  # noqa: E731
     log = tmp_path / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                httpx.get(f"{base}/notes", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+    with serve(command, env, log, name="flask", cwd=tmp_path, inherit=False) as base:
         check_served(base, tenants, per_tenant=6)
         one = httpx.get(f"{base}/notes/1", headers={"X-Tenant": tenants[0]})
         assert one.json() == {"id": 1, "body": one.json()["body"]}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     if strategy == "sqlite":
         assert {p.name for p in (tmp_path / "demo_data").iterdir()} == {
             "app.db",

@@ -7,10 +7,7 @@ connections stay on their loop), and under uvicorn with concurrent requests for 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
-import time
 import types
 import uuid
 from typing import Any
@@ -55,9 +52,8 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 from sa_tenancy.integrations.django_ninja import NinjaTenancy  # noqa: E402
 
 from ._ninja_async_app import make_api  # noqa: E402
-from .test_example_apps import ROOT  # noqa: E402
 from .test_example_apps import check_served  # noqa: E402
-from .test_example_apps import free_port  # noqa: E402
+from .test_example_apps import serve as serve_app  # noqa: E402
 
 
 def serve(api):
@@ -238,39 +234,13 @@ def served_tenants(pg_url):
 
 @pytest.mark.parametrize("strategy", ["search_path", "translate_map"])
 def test_async_operations_under_uvicorn(strategy, pg_url, served_tenants, tmp_path):
-    pytest.importorskip("uvicorn")
-    import httpx
-
-    port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": pg_url,
         "TENANTS": ",".join(served_tenants),
         "TENANCY_STRATEGY": strategy,
     }
-    command = [sys.executable, "-m", "uvicorn", "tests._ninja_async_app:app"]
+    app = [sys.executable, "-m", "uvicorn", "tests._ninja_async_app:app", "--host", "127.0.0.1"]
     log = tmp_path / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                httpx.get(f"{base}/notes", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+    with serve_app(lambda port: [*app, "--port", str(port)], env, log, name="uvicorn") as base:
         check_served(base, served_tenants, per_tenant=8)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     assert "Traceback" not in log.read_text()
