@@ -64,3 +64,21 @@ def statements(pg_engine: Engine) -> Iterator[StatementLog]:
     event.listen(pg_engine, "before_cursor_execute", log)
     yield log
     event.remove(pg_engine, "before_cursor_execute", log)
+
+
+@pytest.fixture
+def pg_example_tenants(pg_url: str) -> Iterator[list[str]]:
+    """Names for tenants an app provisions itself; whatever was created is dropped after."""
+    from sqlalchemy import create_engine
+
+    from sa_tenancy.testing import unique_name
+
+    names = [unique_name("ex") for _ in range(4)]
+    yield names
+    engine = create_engine(pg_url)
+    try:
+        for name in names:
+            if sa_tenancy.tenant_exists(engine, name):
+                sa_tenancy.drop_tenant(engine, name)
+    finally:
+        engine.dispose()

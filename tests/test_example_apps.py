@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
 
-import sa_tenancy
 from sa_tenancy.testing import unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,20 +111,6 @@ def check_contract(call: Call, a: str, b: str) -> None:
     assert call("GET", "/notes", ghost) == (404, {"detail": f"unknown tenant {ghost!r}"})
     assert call("POST", "/notes", ghost, {"body": "lost"})[0] == 404
     assert call("POST", "/notes", a, {"text": "no body"})[0] == 422
-
-
-@pytest.fixture
-def pg_example_tenants(pg_url) -> Iterator[list[str]]:
-    """Names for the tenants an example provisions; whatever was created is dropped after."""
-    names = [unique_name("ex") for _ in range(4)]
-    yield names
-    engine = create_engine(pg_url)
-    try:
-        for name in names:
-            if sa_tenancy.tenant_exists(engine, name):
-                sa_tenancy.drop_tenant(engine, name)
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -333,24 +333,9 @@ def test_flask_sqlalchemy_is_not_imported_by_the_integration():
 # -- a real server -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def example_tenants(pg_url) -> Iterator[list[str]]:
-    from sqlalchemy import create_engine
-
-    names = [unique_name("fsa") for _ in range(3)]
-    yield names
-    engine = create_engine(pg_url)
-    try:
-        for name in names:
-            if sa_tenancy.tenant_exists(engine, name):
-                sa_tenancy.drop_tenant(engine, name)
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("strategy", ["search_path", "translate_map", "sqlite"])
 def test_example_under_flask_run_with_concurrent_requests(
-    strategy, pg_url, example_tenants, tmp_path
+    strategy, pg_url, pg_example_tenants, tmp_path
 ):
     """``examples/flask_sqlalchemy_app.py`` under ``flask run`` (threaded), 8 clients at once:
     on PostgreSQL with each strategy, and with its defaults (SQLite files in ``demo_data/``)."""
@@ -363,7 +348,7 @@ def test_example_under_flask_run_with_concurrent_requests(
     env["PYTHONPATH"] = str(ROOT)
     tenants = ["acme", "globex"]
     if strategy != "sqlite":
-        tenants = example_tenants
+        tenants = pg_example_tenants
         env.update(DATABASE_URL=pg_url, TENANTS=",".join(tenants), TENANCY_STRATEGY=strategy)
     app = [sys.executable, "-m", "flask", "--app", "examples.flask_sqlalchemy_app", "run"]
     command = lambda port: [*app, "--host", "127.0.0.1", "--port", str(port)]  # noqa: E731

@@ -217,30 +217,15 @@ def test_misuse_names_the_real_cause(pg_url, pg_engine, two_tenants):
 # -- under uvicorn -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def served_tenants(pg_url):
-    from sqlalchemy import create_engine
-
-    names = [unique_name("asy") for _ in range(2)]
-    yield names
-    engine = create_engine(pg_url)
-    try:
-        for name in names:
-            if sa_tenancy.tenant_exists(engine, name):
-                sa_tenancy.drop_tenant(engine, name)
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("strategy", ["search_path", "translate_map"])
-def test_async_operations_under_uvicorn(strategy, pg_url, served_tenants, tmp_path):
+def test_async_operations_under_uvicorn(strategy, pg_url, pg_example_tenants, tmp_path):
     env = {
         "DATABASE_URL": pg_url,
-        "TENANTS": ",".join(served_tenants),
+        "TENANTS": ",".join(pg_example_tenants),
         "TENANCY_STRATEGY": strategy,
     }
     app = [sys.executable, "-m", "uvicorn", "tests._ninja_async_app:app", "--host", "127.0.0.1"]
     log = tmp_path / "server.log"
     with serve_app(lambda port: [*app, "--port", str(port)], env, log, name="uvicorn") as base:
-        check_served(base, served_tenants, per_tenant=8)
+        check_served(base, pg_example_tenants, per_tenant=8)
     assert "Traceback" not in log.read_text()
