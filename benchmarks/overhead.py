@@ -41,6 +41,7 @@ from sqlalchemy import ForeignKey
 from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import create_engine
+from sqlalchemy import event
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncAttrs
@@ -90,6 +91,43 @@ class SetConfigStatement:
         row = connection.execute(_SET_TENANT_PATH, params).one()
         if not (row[1] and row[2]):
             raise sa_tenancy.UnknownSchema(schema)
+
+
+#: ``--floor``: the least each strategy's mechanism can cost, without sa_tenancy's checks.
+FLOORS = ("bare_map", "bare_map_path", "bare_path")
+
+
+def bare_factory(engine: Engine, kind: str) -> Any:
+    """A session factory whose ``after_begin`` does only the mechanism, no sa_tenancy.
+
+    ``bare_map``: the translate map set in place (what SQLAlchemy's per-statement rendering of
+    the map costs); ``bare_map_path``: that, plus the empty transaction-scoped path in psycopg's
+    ``BEGIN`` message (the floor of ``translate_map``); ``bare_path``: ``BEGIN``, ``DISCARD
+    TEMP`` and ``SET LOCAL search_path`` in one message, no existence check (the floor of
+    ``search_path`` on a connection that already checked the tenant). No validation, no claim,
+    no guard: the difference to the real strategy is sa_tenancy's own work.
+    """
+    from sa_tenancy import _psycopg
+
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    def after_begin(session: Any, transaction: Any, connection: Any) -> None:
+        if transaction.nested:
+            return
+        schema = session.info["schema"]
+        driver_connection = connection.connection.driver_connection
+        if kind in ("bare_map", "bare_map_path"):
+            connection.execution_options(schema_translate_map={None: schema})
+        if kind == "bare_map_path":
+            _psycopg.begin_with_path(connection, driver_connection, "", check=False)
+        elif kind == "bare_path":
+            path = f'"{schema}", pg_temp'
+            _psycopg.begin_with_path(
+                connection, driver_connection, path, check=False, discard_temp=True
+            )
+
+    event.listen(factory.class_, "after_begin", after_begin)
+    return factory
 
 
 class Base(AsyncAttrs, DeclarativeBase):
@@ -289,7 +327,9 @@ class Candidates:
             else:
                 engine = create_engine(url, pool_size=1, max_overflow=0)
                 factory = sessionmaker(engine, expire_on_commit=False)
-            if name != "plain":
+            if name in FLOORS:
+                factory = bare_factory(engine, name)
+            elif name != "plain":
                 strategy = SetConfigStatement() if name == "set_config" else name
                 sa_tenancy.install(factory, strategy=strategy)
             self.engines.append(engine)
@@ -340,6 +380,12 @@ def main(argv: list[str]) -> int:
         help="add the candidate set_config: search_path as a statement of its own",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="add the candidates " + ", ".join(FLOORS) + ": each strategy's mechanism alone, "
+        "without sa_tenancy's checks (psycopg only)",
+    )
+    parser.add_argument(
         "--budget", type=float, default=60.0, help="seconds per comparison, at most (default 60)"
     )
     args = _harness.parse(parser, argv)
@@ -359,7 +405,11 @@ def main(argv: list[str]) -> int:
         loop = asyncio.new_event_loop()
         try:
             for driver in args.drivers:
-                names = (*CANDIDATES, "set_config") if args.set_config else CANDIDATES
+                names: tuple[str, ...] = CANDIDATES
+                if args.set_config:
+                    names = (*names, "set_config")
+                if args.floor and driver == "psycopg":
+                    names = (*names, *FLOORS)
                 candidates = Candidates(url, driver, loop, names)
                 try:
                     for count in args.tenants:
