@@ -93,6 +93,11 @@ def create(bind: Engine, schema: str, metadata: MetaData | None, *, namespace: s
             conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
         except sa_exc.DBAPIError as error:
             args = getattr(error.orig, "args", ())
+            if args and args[0] == _DATABASE_EXISTS and _with_table(conn, schema):
+                raise TenancyError(
+                    f"{schema!r} is already a tenant of another namespace: tenant names are "
+                    "unique per server, whatever the namespace; choose another name"
+                ) from None
             if args and args[0] == _DATABASE_EXISTS:
                 raise TenancyError(
                     f"database {schema!r} already exists and is not a tenant (it has no "

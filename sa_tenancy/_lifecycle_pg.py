@@ -29,10 +29,13 @@ from sqlalchemy.engine import Engine
 
 from . import _ledger
 from ._clone import clone_structure
+from ._ledger import SPARE_MARK
+from ._ledger import TENANT_MARK
 from ._ledger import dropping_mark
 from ._ledger import spare_mark
 from ._ledger import tenant_mark
 from ._namespace import label
+from ._namespace import namespace_of_mark
 from ._tenant_tables import create_tables
 from .exc import ReservoirEmpty
 from .exc import TenancyError
@@ -137,10 +140,22 @@ def create(
     namespace: str = "",
 ) -> None:
     """Schema, tables, mark, Alembic version and ledger row in one transaction."""
-    with bind.begin() as conn:
-        _build(conn, schema, mark=tenant_mark(namespace), metadata=metadata,
-               alembic_config=alembic_config, hint=_NOT_A_TENANT_HINT,
-               namespace=namespace)  # fmt: skip
+    try:
+        with bind.begin() as conn:
+            _build(conn, schema, mark=tenant_mark(namespace), metadata=metadata,
+                   alembic_config=alembic_config, hint=_NOT_A_TENANT_HINT,
+                   namespace=namespace)  # fmt: skip
+    except TenancyError:
+        # Only after a failure (the transaction is gone): say whose tenant has the name, since
+        # the adopt_schema hint is wrong for it.
+        with bind.connect() as conn:
+            mark = _mark(conn, schema)
+        if mark is None or not mark.startswith((TENANT_MARK, SPARE_MARK)):
+            raise
+        raise TenancyError(
+            f"{schema!r} is already a tenant of {label(namespace_of_mark(mark))}: tenant names "
+            "are unique per database, whatever the namespace; choose another name"
+        ) from None
 
 
 def clone(bind: Engine, template: str, schema: str, *, data: bool, namespace: str = "") -> None:

@@ -91,8 +91,10 @@ def test_each_namespace_lists_checks_and_drops_only_its_own(fleet_engine):
     with pytest.raises(UnknownSchema):
         sa_tenancy.clone_tenant(fleet_engine, bill, "copy", namespace="crm")
     # Names are one set per database: another namespace's tenant name is taken.
-    with pytest.raises(TenancyError, match="already exists"):
+    with pytest.raises(TenancyError, match="already a tenant of namespace 'billing'"):
         sa_tenancy.create_tenant(fleet_engine, bill, namespace="crm")
+    with pytest.raises(TenancyError, match="already a tenant of namespace 'billing'"):
+        sa_tenancy.create_tenant(fleet_engine, bill, exist_ok=True)
     assert sa_tenancy.list_tenants(fleet_engine, namespace="billing") == [bill]
     assert sa_tenancy.list_tenants(fleet_engine, namespace="crm") == [crm]
     # The right namespace can.
@@ -334,6 +336,8 @@ def test_mysql_namespaces_list_create_and_drop_their_own(mysql_engine, databases
     assert not sa_tenancy.tenant_exists(mysql_engine, bill)
     with pytest.raises(UnknownSchema, match="default namespace"):
         sa_tenancy.drop_tenant(mysql_engine, bill)
+    with pytest.raises(TenancyError, match="another namespace"):
+        sa_tenancy.create_tenant(mysql_engine, bill, exist_ok=True)
     with pytest.raises(UnknownSchema):
         sa_tenancy.drop_tenant(mysql_engine, home, namespace="billing")
     assert sa_tenancy.list_tenants(mysql_engine, namespace="billing") == [bill]
