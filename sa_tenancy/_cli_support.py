@@ -34,54 +34,54 @@ class UsageError(Exception):
     """A problem with the command line or the environment: exit code 2."""
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def _url(args: argparse.Namespace) -> str:
+def url_of(args: argparse.Namespace) -> str:
     url = args.url or os.environ.get("DATABASE_URL")
     if not url:
-        _fail("no database: pass --url or set DATABASE_URL")
+        fail("no database: pass --url or set DATABASE_URL")
     return str(url)
 
 
-def _engine(args: argparse.Namespace) -> Engine:
+def engine_of(args: argparse.Namespace) -> Engine:
     try:
-        engine = create_engine(_url(args), poolclass=NullPool)
+        engine = create_engine(url_of(args), poolclass=NullPool)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as error:
-        _fail(f"invalid database URL: {error}")
+        fail(f"invalid database URL: {error}")
     try:
         with engine.connect():
             pass
     except sa_exc.DBAPIError as error:
         first = str(error.orig).strip().splitlines()
-        _fail(f"cannot connect to the database: {first[0] if first else error}")
+        fail(f"cannot connect to the database: {first[0] if first else error}")
     return engine
 
 
-def _ns(args: argparse.Namespace) -> str | None:
+def namespace_of(args: argparse.Namespace) -> str | None:
     """The namespace to work in, validated before anything is sent (None: the default one)."""
     value = getattr(args, "namespace", None) or os.environ.get(NAMESPACE_ENV) or None
     return _namespace.check(value) or None
 
 
-def _names(values: Sequence[str]) -> list[str]:
+def checked_names(values: Sequence[str]) -> list[str]:
     """Validate every name before anything is sent: one bad name stops the whole command."""
     return [lifecycle._validate(v, None) for v in values]
 
 
-def _config(args: argparse.Namespace, *, required: bool) -> str | None:
+def config_of(args: argparse.Namespace, *, required: bool) -> str | None:
     path: str | None = args.config
     if path is None:
         path = "alembic.ini" if Path("alembic.ini").exists() or required else None
     if path is not None and not Path(path).exists():
         if required:
-            _fail(f"no Alembic configuration at {path!r}; pass --config or run alembic-init")
+            fail(f"no Alembic configuration at {path!r}; pass --config or run alembic-init")
         return None
     return path
 
 
-def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
+def emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -89,21 +89,21 @@ def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
             print(line)
 
 
-def _load_metadata(spec: str) -> Any:
+def load_metadata(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        _fail(f"--metadata wants MODULE:ATTRIBUTE (e.g. myapp.models:Base.metadata), not {spec!r}")
+        fail(f"--metadata wants MODULE:ATTRIBUTE (e.g. myapp.models:Base.metadata), not {spec!r}")
     sys.path.insert(0, os.getcwd())
     try:
         value: Any = importlib.import_module(module_name)
         for part in attr.split("."):
             value = getattr(value, part)
     except (ImportError, AttributeError) as error:
-        _fail(f"cannot load --metadata {spec!r}: {error}")
+        fail(f"cannot load --metadata {spec!r}: {error}")
     return value
 
 
-def _message(error: BaseException) -> str:
+def message_of(error: BaseException) -> str:
     orig = getattr(error, "orig", None)
     text = str(orig if orig is not None else error).strip().splitlines()
     return text[0] if text else type(error).__name__

@@ -25,15 +25,15 @@ from . import _templates
 from . import lifecycle
 from ._cli_support import NAMESPACE_ENV
 from ._cli_support import UsageError
-from ._cli_support import _config
-from ._cli_support import _emit
-from ._cli_support import _engine
-from ._cli_support import _fail
-from ._cli_support import _load_metadata
-from ._cli_support import _message
-from ._cli_support import _names
-from ._cli_support import _ns
-from ._cli_support import _url
+from ._cli_support import checked_names
+from ._cli_support import config_of
+from ._cli_support import emit
+from ._cli_support import engine_of
+from ._cli_support import fail
+from ._cli_support import load_metadata
+from ._cli_support import message_of
+from ._cli_support import namespace_of
+from ._cli_support import url_of
 from .exc import InvalidSchemaName
 from .exc import TenancyError
 
@@ -41,12 +41,12 @@ PROG = "sa-tenancy"
 
 
 def _cmd_create(args: argparse.Namespace) -> int:
-    names = _names(args.names)
-    template = _names([args.clone_from])[0] if args.clone_from else None
-    metadata = _load_metadata(args.metadata) if args.metadata else None
-    config = None if template or args.claim else _config(args, required=False)
-    ns = _ns(args)
-    engine = _engine(args)
+    names = checked_names(args.names)
+    template = checked_names([args.clone_from])[0] if args.clone_from else None
+    metadata = load_metadata(args.metadata) if args.metadata else None
+    config = None if template or args.claim else config_of(args, required=False)
+    ns = namespace_of(args)
+    engine = engine_of(args)
     failed: dict[str, str] = {}
     made = []
     for name in names:
@@ -60,24 +60,24 @@ def _cmd_create(args: argparse.Namespace) -> int:
                                         namespace=ns)  # fmt: skip
             made.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
-            failed[name] = _message(error)
+            failed[name] = message_of(error)
     lines = [f"created {n}" for n in made] + [f"FAILED {n}: {m}" for n, m in failed.items()]
-    _emit(args, {"created": made, "failed": failed}, lines)
+    emit(args, {"created": made, "failed": failed}, lines)
     return 1 if failed else 0
 
 
 def _cmd_drop(args: argparse.Namespace) -> int:
-    names = _names(args.names)
-    ns = _ns(args)
+    names = checked_names(args.names)
+    ns = namespace_of(args)
     if not args.yes:
         if not sys.stdin.isatty():
-            _fail("dropping tenants deletes their data: pass --yes to confirm")
+            fail("dropping tenants deletes their data: pass --yes to confirm")
         listed = ", ".join(names)
         answer = input(f"drop {len(names)} tenant(s) ({listed}) and all their data? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing dropped")
             return 0
-    engine = _engine(args)
+    engine = engine_of(args)
     failed: dict[str, str] = {}
     dropped = []
     for name in names:
@@ -85,23 +85,23 @@ def _cmd_drop(args: argparse.Namespace) -> int:
             lifecycle.drop_tenant(engine, name, namespace=ns)
             dropped.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
-            failed[name] = _message(error)
+            failed[name] = message_of(error)
     lines = [f"dropped {n}" for n in dropped] + [f"FAILED {n}: {m}" for n, m in failed.items()]
-    _emit(args, {"dropped": dropped, "failed": failed}, lines)
+    emit(args, {"dropped": dropped, "failed": failed}, lines)
     return 1 if failed else 0
 
 
 def _cmd_rename(args: argparse.Namespace) -> int:
-    old, new = _names([args.old, args.new])
-    ns = _ns(args)
-    engine = _engine(args)
+    old, new = checked_names([args.old, args.new])
+    ns = namespace_of(args)
+    engine = engine_of(args)
     try:
         lifecycle.rename_tenant(engine, old, new, namespace=ns)
     except (TenancyError, sa_exc.DBAPIError) as error:
-        _emit(args, {"renamed": None, "failed": {old: _message(error)}},
-              [f"FAILED {old}: {_message(error)}"])  # fmt: skip
+        emit(args, {"renamed": None, "failed": {old: message_of(error)}},
+              [f"FAILED {old}: {message_of(error)}"])  # fmt: skip
         return 1
-    _emit(args, {"renamed": {old: new}, "failed": {}}, [f"renamed {old} -> {new}"])
+    emit(args, {"renamed": {old: new}, "failed": {}}, [f"renamed {old} -> {new}"])
     return 0
 
 
@@ -109,11 +109,11 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
     from . import _adopt
 
     schema, tenant = _adopt.check_names(args.schema, args.as_tenant)
-    ns = _ns(args)
+    ns = namespace_of(args)
     # Never ./alembic.ini implicitly: stamping claims the schema's tables are at head.
     if args.config is not None and not Path(args.config).exists():
-        _fail(f"no Alembic configuration at {args.config!r}; pass the project's alembic.ini")
-    engine = _engine(args)
+        fail(f"no Alembic configuration at {args.config!r}; pass the project's alembic.ini")
+    engine = engine_of(args)
     try:
         done = _adopt.adopt(
             engine, schema, as_tenant=tenant, alembic_config=args.config, namespace=ns
@@ -121,20 +121,20 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
     except (TenancyError, sa_exc.DBAPIError) as error:
         if isinstance(error, (InvalidSchemaName, sa_exc.OperationalError)):
             raise
-        _emit(args, {"adopted": None, "failed": {schema: _message(error)}},
-              [f"FAILED {schema}: {_message(error)}"])  # fmt: skip
+        emit(args, {"adopted": None, "failed": {schema: message_of(error)}},
+              [f"FAILED {schema}: {message_of(error)}"])  # fmt: skip
         return 1
     data = {"schema": done.schema, "tenant": done.tenant, "revision": done.revision,
             "moved": done.moved}  # fmt: skip
     line = f"adopted {done.schema} as tenant {done.tenant} (revision {done.revision})"
     moved = [f"  moved {m}" for m in done.moved]
-    _emit(args, {"adopted": data, "failed": {}}, [line, *moved])
+    emit(args, {"adopted": data, "failed": {}}, [line, *moved])
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    ns = _ns(args)
-    engine = _engine(args)
+    ns = namespace_of(args)
+    engine = engine_of(args)
     names = lifecycle.list_tenants(engine, namespace=ns)
     if args.json:
         print(json.dumps(names))
@@ -149,7 +149,7 @@ def _cmd_alembic_init(args: argparse.Namespace) -> int:
     ini = target / "alembic.ini"
     env = target / "env.py"
     if ini.exists() or env.exists():
-        _fail(f"{target} already holds an Alembic environment; choose an empty directory")
+        fail(f"{target} already holds an Alembic environment; choose an empty directory")
     (target / "versions").mkdir(parents=True, exist_ok=True)
     ini.write_text(_templates.ALEMBIC_INI.format(ini=ini), encoding="utf-8")
     env.write_text(_templates.ENV_PY, encoding="utf-8")
@@ -163,18 +163,18 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from ._progress import ProgressLine
     from .migrate import migrate_tenants
 
-    config = _config(args, required=True)
+    config = config_of(args, required=True)
     assert config is not None
-    tenants = _names(args.tenant) if args.tenant else None
-    ns = _ns(args)
+    tenants = checked_names(args.tenant) if args.tenant else None
+    ns = namespace_of(args)
     if args.jobs < 1 or args.canary < 0:
-        _fail("--jobs must be at least 1 and --canary at least 0")
-    _engine(args).dispose()  # a connection error is exit 2, before any worker starts
+        fail("--jobs must be at least 1 and --canary at least 0")
+    engine_of(args).dispose()  # a connection error is exit 2, before any worker starts
     stream = sys.stderr if args.json else sys.stdout
     progress = ProgressLine(stream, tty=stream.isatty(), label="migrate")
     try:
         report = migrate_tenants(
-            _url(args), config, jobs=args.jobs, tenants=tenants, canary=args.canary,
+            url_of(args), config, jobs=args.jobs, tenants=tenants, canary=args.canary,
             lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
             progress=progress, namespace=ns,
         )  # fmt: skip
@@ -191,16 +191,16 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     lines += [f"FAILED {r.schema}: {r.error}" for r in report.failed]
     if report.stopped_by_canary:
         lines.append(f"canary failed: stopped; {len(report.not_attempted)} tenants not attempted")
-    _emit(args, summary, lines)
+    emit(args, summary, lines)
     return 0 if report.ok else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .migrate import tenant_status
 
-    config = _config(args, required=False)
-    ns = _ns(args)
-    engine = _engine(args)
+    config = config_of(args, required=False)
+    ns = namespace_of(args)
+    engine = engine_of(args)
     report = tenant_status(engine, config=config, verify=args.verify, namespace=ns)
     lines = [
         f"head {report.head}: {len(report.tenants)} tenants"
@@ -213,22 +213,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"{row['state'].upper()} {row['schema']}: {row['revision']}{extra}")
     if len(behind) > args.limit:
         lines.append(f"... and {len(behind) - args.limit} more not current (see --json)")
-    _emit(args, report.as_dict(), lines)
+    emit(args, report.as_dict(), lines)
     return 0 if report.ok else 1
 
 
 def _cmd_reservoir(args: argparse.Namespace) -> int:
-    template = _names([args.clone_from])[0] if args.clone_from else None
-    metadata = _load_metadata(args.metadata) if args.metadata else None
-    config = None if template else _config(args, required=False)
-    ns = _ns(args)
-    engine = _engine(args)
+    template = checked_names([args.clone_from])[0] if args.clone_from else None
+    metadata = load_metadata(args.metadata) if args.metadata else None
+    config = None if template else config_of(args, required=False)
+    ns = namespace_of(args)
+    engine = engine_of(args)
     made: list[str] = []
     if args.fill:
         made = lifecycle.fill_reservoir(engine, args.fill, template=template, metadata=metadata,
                                         alembic_config=config, namespace=ns)  # fmt: skip
     size = lifecycle.reservoir_size(engine, namespace=ns)
-    _emit(args, {"added": made, "spares": size}, [f"added {len(made)} spares; {size} waiting"])
+    emit(args, {"added": made, "spares": size}, [f"added {len(made)} spares; {size} waiting"])
     return 0
 
 
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except sa_exc.OperationalError as error:
-        print(f"{PROG}: error: database error: {_message(error)}", file=sys.stderr)
+        print(f"{PROG}: error: database error: {message_of(error)}", file=sys.stderr)
         return 2
     except TenancyError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
