@@ -35,6 +35,9 @@ Each worker loads the configuration, the revision map and the engine once, then 
 tenants; the parent reads the ledger once and hands out only tenants that are behind, so a
 deploy with nothing to do spawns nothing, and an interrupted run resumes where it stopped.
 
+:func:`migrate_tenants` and :func:`tenant_status` take ``namespace=``: they select tenants and
+spares by their namespace's marks (see :mod:`sa_tenancy._namespace`), in the same one query.
+
 Alembic is imported only when one of these functions runs: ``import sa_tenancy`` never does.
 """
 

@@ -107,6 +107,20 @@ def test_each_namespace_lists_checks_and_drops_only_its_own(fleet_engine):
     assert sa_tenancy.list_tenants(fleet_engine) == [home]
 
 
+def test_an_interrupted_drop_is_finished_through_its_own_namespace_only(fleet_engine):
+    name = sa_tenancy.create_tenant(fleet_engine, "half", metadata=tenant_metadata, namespace="a")
+    with fleet_engine.begin() as conn:  # what a batched drop leaves when it is interrupted
+        conn.exec_driver_sql("COMMENT ON SCHEMA half IS 'sa_tenancy:dropping:a'")
+    assert sa_tenancy.list_tenants(fleet_engine, namespace="a") == []
+    with pytest.raises(UnknownSchema):
+        sa_tenancy.drop_tenant(fleet_engine, name)
+    with pytest.raises(UnknownSchema):
+        sa_tenancy.drop_tenant(fleet_engine, name, namespace="b")
+    assert _marks(fleet_engine) == {name: "sa_tenancy:dropping:a"}
+    sa_tenancy.drop_tenant(fleet_engine, name, namespace="a")
+    assert _marks(fleet_engine) == {}
+
+
 @pytest.mark.parametrize("namespace", BAD_NAMESPACES)
 def test_invalid_namespaces_are_refused_before_any_sql(fleet_engine, namespace):
     calls = [
