@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 
 from . import _ledger
+from . import _namespace
 from ._lifecycle_pg import _duplicate_is_tenancy_error
 from ._lifecycle_pg import _set_mark
 from .exc import InvalidSchemaName
@@ -111,6 +112,7 @@ def adopt_schema(
     as_tenant: str | None = None,
     alembic_config: AlembicConfig | None = None,
     names: NamePolicy | None = None,
+    namespace: str | None = None,
 ) -> str:
     """Make the existing schema ``schema`` a tenant, keeping every row (PostgreSQL).
 
@@ -132,6 +134,7 @@ def adopt_schema(
     :param alembic_config: ``alembic.ini`` (or ``Config``), to stamp a schema without
         ``alembic_version`` at head and to check that an existing revision is known.
     :param names: the name policy for the tenant's name (default ``[a-z_][a-z0-9_]*``).
+    :param namespace: the namespace the tenant joins (default: the default namespace).
     :returns: the tenant's name.
     :raises InvalidSchemaName: for a system, ledger or spare schema, an invalid tenant name,
         or ``public`` without ``as_tenant``, before anything is sent.
@@ -140,7 +143,7 @@ def adopt_schema(
         or moving fails; nothing has changed.
     """
     return adopt(bind, schema, as_tenant=as_tenant, alembic_config=alembic_config,
-                 names=names).tenant  # fmt: skip
+                 names=names, namespace=namespace).tenant  # fmt: skip
 
 
 def check_names(
@@ -169,8 +172,10 @@ def adopt(
     as_tenant: str | None = None,
     alembic_config: AlembicConfig | None = None,
     names: NamePolicy | None = None,
+    namespace: str | None = None,
 ) -> Adoption:
     """:func:`adopt_schema`, reporting what moved and the recorded revision."""
+    ns = _namespace.check(namespace)
     _pg_only(bind, "adopt_schema")
     source, tenant = check_names(schema, as_tenant, names)
     tenant = _name(bind, tenant, names)
@@ -194,8 +199,8 @@ def adopt(
         elif source != tenant:
             with _duplicate_is_tenancy_error(tenant, hint):
                 _ledger.execute_ddl(conn, f"ALTER SCHEMA {q(source)} RENAME TO {q(tenant)}")
-        _set_mark(conn, tenant, _ledger.TENANT_MARK)
-        revision = _record(conn, tenant, cfg)
+        _set_mark(conn, tenant, _ledger.tenant_mark(ns))
+        revision = _record(conn, tenant, cfg, ns)
     return Adoption(source, tenant, revision, moved)
 
 
@@ -210,11 +215,11 @@ def _check_source(conn: Connection, schema: str) -> None:
     ).one()
     if locked is None:
         raise UnknownSchema(f"schema {schema!r} does not exist; nothing was adopted")
-    if mark == _ledger.TENANT_MARK:
+    if mark is not None and mark.startswith(_ledger.TENANT_MARK):
         raise TenancyError(
             f"{schema!r} is already a tenant; nothing changed (rename it with rename_tenant)"
         )
-    if mark in (_ledger.SPARE_MARK, _ledger.DROPPING_MARK):
+    if mark is not None and mark.startswith(("sa_tenancy:spare", "sa_tenancy:dropping")):
         raise TenancyError(
             f"{schema!r} is sa_tenancy's own ({mark}); nothing changed: finish with drop_tenant"
         )
@@ -247,7 +252,7 @@ def _move_public(conn: Connection, tenant: str) -> list[str]:
     return sorted(f"{kind.lower()} {name}" for kind, name in objects)
 
 
-def _record(conn: Connection, tenant: str, cfg: Config | None) -> str | None:
+def _record(conn: Connection, tenant: str, cfg: Config | None, namespace: str) -> str | None:
     """Take the tenant's ``alembic_version`` into the ledger (stamping it first if asked)."""
     table = f"{_ledger.ident(tenant)}.alembic_version"
     has_table = conn.execute(text("SELECT to_regclass(:t)"), {"t": table}).scalar() is not None
@@ -257,9 +262,9 @@ def _record(conn: Connection, tenant: str, cfg: Config | None) -> str | None:
             from ._alembic import stamp_tenant
 
             revision = stamp_tenant(conn, tenant, cfg)
-        _ledger.record(conn, tenant, revision)
+        _ledger.record(conn, tenant, revision, namespace=namespace)
         return revision
-    revision = _ledger.record_from_table(conn, tenant)
+    revision = _ledger.record_from_table(conn, tenant)  # the namespace: from the new mark
     if cfg is not None and revision is not None:
         _check_known(cfg, tenant, revision)
     return revision

@@ -13,6 +13,13 @@ Which schemas are tenants is still decided by the schema comment (``sa_tenancy:t
 ``pg_dump``/``pg_restore`` and ``ALTER SCHEMA ... RENAME``, and it cannot be forgotten by a
 ledger row that was never written. The ledger only records versions and lets claims of spare
 schemas queue with ``FOR UPDATE SKIP LOCKED``.
+
+Namespaces (:mod:`sa_tenancy._namespace`) add a suffix to the marks
+(``sa_tenancy:tenant:billing``) and a ``namespace`` column to the ledger ('' for the default
+namespace), so a claim takes a spare of its own namespace through the partial index
+``tenant_versions_spare_ns``. A ledger made before namespaces gets the column on first use
+(:func:`ensure`): ``ADD COLUMN ... DEFAULT ''`` changes only the catalog, and every existing row
+reads '' (the default namespace), which is what its tenants' marks say too.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from ._namespace import mark as _mark
 from .names import LEDGER_SCHEMA as LEDGER_SCHEMA  # the shared schema; never a tenant
 
 LEDGER_TABLE = "tenant_versions"
@@ -45,21 +53,59 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.{LEDGER_TABLE} (
     spare boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS tenant_versions_spare ON {LEDGER_SCHEMA}.{LEDGER_TABLE} (schema_name)
-    WHERE spare;
+ALTER TABLE {LEDGER_SCHEMA}.{LEDGER_TABLE} ADD COLUMN IF NOT EXISTS namespace text NOT NULL
+    DEFAULT '';
+CREATE INDEX IF NOT EXISTS tenant_versions_spare_ns ON {LEDGER_SCHEMA}.{LEDGER_TABLE}
+    (namespace, schema_name) WHERE spare;
 """
 
 QUALIFIED = _QUALIFIED = f"{LEDGER_SCHEMA}.{LEDGER_TABLE}"
+#: The mark's namespace, in SQL, from the ``:mark_of`` schema's comment ('' for the default).
+_NAMESPACE_OF = (
+    "COALESCE(substring(obj_description(to_regnamespace(quote_ident(:mark_of)), "
+    "'pg_namespace') from :ns_pattern), '')"
+)
+#: Whether the ``:mark_of`` schema's comment marks a spare (of any namespace).
+_IS_SPARE = (
+    "COALESCE(obj_description(to_regnamespace(quote_ident(:mark_of)), 'pg_namespace') "
+    "~ :spare_pattern, false)"
+)
+#: The parameters of :data:`_NAMESPACE_OF` and :data:`_IS_SPARE` (bound: a ``:`` inside
+#: ``text()`` would read as a parameter).
+_PATTERNS = {
+    "ns_pattern": "^sa_tenancy:(?:tenant|spare):(.+)$",
+    "spare_pattern": "^sa_tenancy:spare(:|$)",
+}
+
+
+def tenant_mark(namespace: str = "") -> str:
+    """The comment of a tenant of ``namespace`` ('' is the default: :data:`TENANT_MARK`)."""
+    return _mark("tenant", namespace)
+
+
+def spare_mark(namespace: str = "") -> str:
+    return _mark("spare", namespace)
+
+
+def dropping_mark(namespace: str = "") -> str:
+    return _mark("dropping", namespace)
 
 
 def ensure(conn: Connection) -> None:
-    """Create the ledger schema and table if missing, in the caller's transaction.
+    """Create the ledger schema and table if missing, or add ``namespace`` to an old one.
 
-    Cheap when they exist (one catalog lookup). Concurrent first uses are serialised by an
-    advisory lock held to the end of the caller's transaction, so two ``CREATE ... IF NOT
+    Cheap when they are current (one catalog lookup). Concurrent first uses are serialised by
+    an advisory lock held to the end of the caller's transaction, so two ``CREATE ... IF NOT
     EXISTS`` never collide on the catalog's unique index.
     """
-    if exists(conn):
+    current = conn.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(:t) "
+            "AND attname = 'namespace' AND NOT attisdropped)"
+        ),
+        {"t": _QUALIFIED},
+    ).scalar()
+    if current:
         return
     conn.execute(text("SELECT pg_advisory_xact_lock(:k, 1)"), {"k": LOCK_CLASS + 1})
     execute_ddl(conn, _DDL)
@@ -69,15 +115,23 @@ def exists(conn: Connection) -> bool:
     return conn.execute(text("SELECT to_regclass(:t)"), {"t": _QUALIFIED}).scalar() is not None
 
 
-def record(conn: Connection, schema: str, revision: str | None, *, spare: bool = False) -> None:
-    """Upsert ``schema``'s row (in the caller's transaction)."""
+def record(
+    conn: Connection,
+    schema: str,
+    revision: str | None,
+    *,
+    spare: bool = False,
+    namespace: str = "",
+) -> None:
+    """Upsert ``schema``'s row (in the caller's transaction, after :func:`ensure`)."""
     conn.execute(
         text(
-            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
-            "VALUES (:s, :r, :spare, now()) ON CONFLICT (schema_name) DO UPDATE "
-            "SET revision = EXCLUDED.revision, spare = EXCLUDED.spare, updated_at = now()"
+            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, namespace, updated_at) "
+            "VALUES (:s, :r, :spare, :ns, now()) ON CONFLICT (schema_name) DO UPDATE "
+            "SET revision = EXCLUDED.revision, spare = EXCLUDED.spare, "
+            "namespace = EXCLUDED.namespace, updated_at = now()"
         ),
-        {"s": schema, "r": revision, "spare": spare},
+        {"s": schema, "r": revision, "spare": spare, "ns": namespace},
     )
 
 
@@ -113,6 +167,7 @@ def marked_schemas(
     """``(schema, mark, ledger revision, in ledger)`` for every schema carrying one of ``marks``.
 
     One query over ``pg_namespace``/``pg_description`` and the ledger: no tenant table is opened.
+    A namespace's tenants are those whose marks are ``(tenant_mark(ns), spare_mark(ns))``.
     """
     has_ledger = exists(conn)
     join = (
@@ -150,15 +205,15 @@ def try_lock(conn: Connection, schema: str) -> bool | None:
 
 
 def set_revision(conn: Connection, schema: str, revision: str | None) -> None:
-    """Record ``schema``'s new revision, keeping whether it is a spare (from its mark)."""
+    """Record ``schema``'s new revision; a new row takes spare and namespace from its mark."""
     conn.execute(
         text(
-            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
-            "VALUES (:s, :r, COALESCE(obj_description(to_regnamespace(quote_ident(:s)), "
-            "'pg_namespace') = :spare_mark, false), now()) ON CONFLICT (schema_name) DO UPDATE "
-            "SET revision = EXCLUDED.revision, updated_at = now()"
+            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, namespace, updated_at) "
+            f"VALUES (:s, :r, {_IS_SPARE}, {_NAMESPACE_OF}, now()) "
+            "ON CONFLICT (schema_name) DO UPDATE SET revision = EXCLUDED.revision, "
+            "updated_at = now()"
         ),
-        {"s": schema, "r": revision, "spare_mark": SPARE_MARK},
+        {"s": schema, "r": revision, "mark_of": schema, **_PATTERNS},
     )
 
 
@@ -179,14 +234,13 @@ def record_from_table(conn: Connection, schema: str) -> str | None:
     quoted = ident(schema)
     return conn.execute(
         text(
-            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, updated_at) "
+            f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, namespace, updated_at) "
             "SELECT :s, NULLIF(array_to_string(ARRAY(SELECT version_num FROM "
             f"{quoted}.alembic_version ORDER BY version_num COLLATE \"C\"), ','), ''), "
-            "COALESCE(obj_description(to_regnamespace(quote_ident(:s)), 'pg_namespace') "
-            "= :spare_mark, false), now() ON CONFLICT (schema_name) DO UPDATE "
+            f"{_IS_SPARE}, {_NAMESPACE_OF}, now() ON CONFLICT (schema_name) DO UPDATE "
             "SET revision = EXCLUDED.revision, updated_at = now() RETURNING revision"
         ),
-        {"s": schema, "spare_mark": SPARE_MARK},
+        {"s": schema, "mark_of": schema, **_PATTERNS},
     ).scalar()
 
 

@@ -15,6 +15,10 @@ exists, marked or not. Exclude the table from Alembic autogenerate
 made by an older version of sa_tenancy has no marker; add it once by hand (see
 ``docs/lifecycle.md``).
 
+The row names the tenant's namespace: ``sa_tenancy:tenant`` for the default namespace (every
+tenant made before namespaces existed), ``sa_tenancy:tenant:<namespace>`` otherwise. Listing a
+namespace reads the rows of the marked databases, 500 at a time in one ``UNION ALL`` query.
+
 :mod:`sa_tenancy.lifecycle` validates every name (the URL's database and the system databases
 are never tenants) before calling in here.
 """
@@ -27,7 +31,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 
-from ._ledger import TENANT_MARK
+from ._ledger import tenant_mark
+from ._namespace import label
 from ._tenant_tables import create_tables
 from .exc import TenancyError
 from .exc import UnknownSchema
@@ -39,13 +44,33 @@ MARK_TABLE = "_sa_tenancy_tenant"
 _DATABASE_EXISTS = 1007  # ER_DB_CREATE_EXISTS
 
 
-def list_marked(bind: Engine, only: str | None = None) -> list[str]:
-    """Databases holding the marker table (only ``only``, if given), sorted."""
+def list_marked(bind: Engine, only: str | None = None, *, namespace: str = "") -> list[str]:
+    """Databases holding the marker table of ``namespace`` (only ``only``, if given), sorted."""
     with bind.connect() as conn:
-        return _marked(conn, only)
+        return _marked(conn, only, namespace)
 
 
-def _marked(conn: Connection, only: str | None) -> list[str]:
+def _marked(conn: Connection, only: str | None, namespace: str) -> list[str]:
+    found = _with_table(conn, only)
+
+    # Quoted by hand: the dialect's quoting also doubles ``%``, which text() does once more.
+    def quote(name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    wanted = tenant_mark(namespace)
+    mine: list[str] = []
+    for start in range(0, len(found), 500):
+        part = found[start : start + 500]
+        sql = " UNION ALL ".join(
+            f"SELECT :n{i} AS s, mark FROM {quote(name)}.{MARK_TABLE}"
+            for i, name in enumerate(part)
+        )
+        rows = conn.execute(text(sql), {f"n{i}": name for i, name in enumerate(part)})
+        mine.extend(r[0] for r in rows if r[1] == wanted)
+    return sorted(set(mine))
+
+
+def _with_table(conn: Connection, only: str | None) -> list[str]:
     rows = conn.execute(
         text(
             "SELECT table_schema FROM information_schema.tables "
@@ -57,7 +82,7 @@ def _marked(conn: Connection, only: str | None) -> list[str]:
     return sorted(r[0] for r in rows if only is None or r[0] == only)
 
 
-def create(bind: Engine, schema: str, metadata: MetaData | None) -> None:
+def create(bind: Engine, schema: str, metadata: MetaData | None, *, namespace: str = "") -> None:
     """Create the database, its tables and its marker; drop the database if that fails.
 
     :raises TenancyError: if a database of that name exists: it is never taken over.
@@ -68,6 +93,11 @@ def create(bind: Engine, schema: str, metadata: MetaData | None) -> None:
             conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
         except sa_exc.DBAPIError as error:
             args = getattr(error.orig, "args", ())
+            if args and args[0] == _DATABASE_EXISTS and _with_table(conn, schema):
+                raise TenancyError(
+                    f"{schema!r} is already a tenant of another namespace: tenant names are "
+                    "unique per server, whatever the namespace; choose another name"
+                ) from None
             if args and args[0] == _DATABASE_EXISTS:
                 raise TenancyError(
                     f"database {schema!r} already exists and is not a tenant (it has no "
@@ -86,7 +116,8 @@ def create(bind: Engine, schema: str, metadata: MetaData | None) -> None:
                 f"CREATE TABLE {quoted}.{MARK_TABLE} (mark VARCHAR(64) NOT NULL PRIMARY KEY)"
             )
             conn.exec_driver_sql(
-                f"INSERT INTO {quoted}.{MARK_TABLE} (mark) VALUES ('{TENANT_MARK}')"
+                # A validated namespace: letters, digits and underscores only.
+                f"INSERT INTO {quoted}.{MARK_TABLE} (mark) VALUES ('{tenant_mark(namespace)}')"
             )
     except BaseException:
         with bind.begin() as conn:
@@ -94,13 +125,15 @@ def create(bind: Engine, schema: str, metadata: MetaData | None) -> None:
         raise
 
 
-def drop(bind: Engine, schema: str) -> None:
+def drop(bind: Engine, schema: str, *, namespace: str = "") -> None:
     """Drop database ``schema`` if it carries the marker table.
 
     :raises UnknownSchema: if it does not (nothing is dropped).
     """
     quoted = bind.dialect.identifier_preparer.quote_identifier(schema)
     with bind.begin() as conn:
-        if not _marked(conn, schema):
-            raise UnknownSchema(f"{schema!r} is not a tenant; nothing was dropped")
+        if not _marked(conn, schema, namespace):
+            raise UnknownSchema(
+                f"{schema!r} is not a tenant of {label(namespace)}; nothing was dropped"
+            )
         conn.exec_driver_sql(f"DROP DATABASE {quoted}")

@@ -6,7 +6,10 @@ here; this module only ever sees names that may be tenants, plus the reservoir's
 How a schema is known to be a tenant: ``create``, ``clone`` and ``claim`` set its comment to
 ``sa_tenancy:tenant``; listing, renaming and dropping only ever consider schemas carrying it,
 so ``public``, shared and system schemas are never touched. The mark travels with the schema
-(renames, dumps and restores). Every operation also writes the tenant's Alembic revision to the
+(renames, dumps and restores). A tenant of a namespace other than the default carries
+``sa_tenancy:tenant:<namespace>`` instead (see :mod:`sa_tenancy._namespace`): every function
+here takes the (validated) namespace, '' for the default, and sees only that namespace's
+tenants and spares. Every operation also writes the tenant's Alembic revision to the
 ledger ``sa_tenancy.tenant_versions`` in the same transaction (see :mod:`sa_tenancy._ledger`).
 """
 
@@ -26,9 +29,13 @@ from sqlalchemy.engine import Engine
 
 from . import _ledger
 from ._clone import clone_structure
-from ._ledger import DROPPING_MARK
 from ._ledger import SPARE_MARK
 from ._ledger import TENANT_MARK
+from ._ledger import dropping_mark
+from ._ledger import spare_mark
+from ._ledger import tenant_mark
+from ._namespace import label
+from ._namespace import namespace_of_mark
 from ._tenant_tables import create_tables
 from .exc import ReservoirEmpty
 from .exc import TenancyError
@@ -91,6 +98,7 @@ def _build(
     template: str | None = None,
     data: bool = False,
     hint: str = "choose another name or drop it first",
+    namespace: str = "",
 ) -> str | None:
     """Make ``schema`` complete inside the caller's transaction; return its recorded revision."""
     quoted = _ledger.ident(schema)
@@ -100,8 +108,11 @@ def _build(
     _set_mark(conn, schema, mark)
     revision: str | None = None
     if template is not None:
-        if _mark(conn, template) not in (TENANT_MARK, SPARE_MARK):
-            raise UnknownSchema(f"template {template!r} is not a tenant; nothing was created")
+        if _mark(conn, template) not in (tenant_mark(namespace), spare_mark(namespace)):
+            raise UnknownSchema(
+                f"template {template!r} is not a tenant of {label(namespace)}; "
+                "nothing was created (list them with list_tenants)"
+            )
         clone_structure(conn, template, schema, data=data)
         from .migrate import current_revision  # no Alembic import: it reads one table
 
@@ -116,7 +127,7 @@ def _build(
         from .migrate import upgrade_tenant
 
         revision = upgrade_tenant(conn, schema, alembic_config, record=False)
-    _ledger.record(conn, schema, revision, spare=mark == SPARE_MARK)
+    _ledger.record(conn, schema, revision, spare=mark == spare_mark(namespace), namespace=namespace)
     return revision
 
 
@@ -126,25 +137,41 @@ def create(
     *,
     metadata: MetaData | None,
     alembic_config: AlembicConfig | None,
+    namespace: str = "",
 ) -> None:
     """Schema, tables, mark, Alembic version and ledger row in one transaction."""
-    with bind.begin() as conn:
-        _build(conn, schema, mark=TENANT_MARK, metadata=metadata, alembic_config=alembic_config,
-               hint=_NOT_A_TENANT_HINT)  # fmt: skip
+    try:
+        with bind.begin() as conn:
+            _build(conn, schema, mark=tenant_mark(namespace), metadata=metadata,
+                   alembic_config=alembic_config, hint=_NOT_A_TENANT_HINT,
+                   namespace=namespace)  # fmt: skip
+    except TenancyError:
+        # Only after a failure (the transaction is gone): say whose tenant has the name, since
+        # the adopt_schema hint is wrong for it.
+        with bind.connect() as conn:
+            mark = _mark(conn, schema)
+        if mark is None or not mark.startswith((TENANT_MARK, SPARE_MARK)):
+            raise
+        raise TenancyError(
+            f"{schema!r} is already a tenant of {label(namespace_of_mark(mark))}: tenant names "
+            "are unique per database, whatever the namespace; choose another name"
+        ) from None
 
 
-def clone(bind: Engine, template: str, schema: str, *, data: bool) -> None:
+def clone(bind: Engine, template: str, schema: str, *, data: bool, namespace: str = "") -> None:
     """``schema`` as a server-side copy of tenant ``template``, in one transaction."""
     with bind.begin() as conn:
-        _build(conn, schema, mark=TENANT_MARK, metadata=None, alembic_config=None,
-               template=template, data=data)  # fmt: skip
+        _build(conn, schema, mark=tenant_mark(namespace), metadata=None, alembic_config=None,
+               template=template, data=data, namespace=namespace)  # fmt: skip
 
 
-def rename(bind: Engine, old: str, new: str) -> None:
+def rename(bind: Engine, old: str, new: str, *, namespace: str = "") -> None:
     """Rename a marked tenant; its ledger row follows in the same transaction."""
     with bind.begin() as conn:
-        if _mark(conn, old) != TENANT_MARK:
-            raise UnknownSchema(f"{old!r} is not a tenant; nothing was renamed")
+        if _mark(conn, old) != tenant_mark(namespace):
+            raise UnknownSchema(
+                f"{old!r} is not a tenant of {label(namespace)}; nothing was renamed"
+            )
         if not _ledger.try_lock(conn, old):
             raise TenancyError(f"tenant {old!r} is being migrated; retry when that is done")
         q = _ledger.ident
@@ -154,8 +181,8 @@ def rename(bind: Engine, old: str, new: str) -> None:
             _ledger.rename(conn, old, new)
 
 
-def list_marked(bind: Engine, only: str | None = None) -> list[str]:
-    """Schemas marked as tenants (only ``only``, if given), sorted."""
+def list_marked(bind: Engine, only: str | None = None, *, namespace: str = "") -> list[str]:
+    """Schemas marked as tenants of ``namespace`` (only ``only``, if given), sorted."""
     with bind.connect() as conn:
         rows = conn.execute(
             text(
@@ -163,20 +190,22 @@ def list_marked(bind: Engine, only: str | None = None) -> list[str]:
                 "WHERE obj_description(oid, 'pg_namespace') = :mark "
                 "AND (CAST(:only AS text) IS NULL OR nspname = :only) ORDER BY nspname"
             ),
-            {"mark": TENANT_MARK, "only": only},
+            {"mark": tenant_mark(namespace), "only": only},
         )
         return [r[0] for r in rows]
 
 
-def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int) -> None:
+def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int, namespace: str = "") -> None:
     """Drop a marked tenant: at once up to ``at_once`` catalog objects, else in batches."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     q = _ledger.ident
     with bind.begin() as conn:
         mark = _mark(conn, schema)
-        if mark not in (TENANT_MARK, DROPPING_MARK):
-            raise UnknownSchema(f"{schema!r} is not a tenant; nothing was dropped")
+        if mark not in (tenant_mark(namespace), dropping_mark(namespace)):
+            raise UnknownSchema(
+                f"{schema!r} is not a tenant of {label(namespace)}; nothing was dropped"
+            )
         if _ledger.try_lock(conn, schema) is False:
             raise TenancyError(f"tenant {schema!r} is being migrated; retry when that is done")
         objects = conn.execute(
@@ -191,7 +220,7 @@ def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int) -> None:
         if objects <= at_once:
             _ledger.execute_ddl(conn, f"DROP SCHEMA {q(schema)} CASCADE")
             return
-        _set_mark(conn, schema, DROPPING_MARK)
+        _set_mark(conn, schema, dropping_mark(namespace))
     while True:
         with bind.begin() as conn:
             rows = conn.execute(
@@ -220,33 +249,55 @@ def fill_reservoir(
     template: str | None,
     alembic_config: AlembicConfig | None,
     data: bool,
+    namespace: str = "",
 ) -> list[str]:
-    """Build ``count`` spares marked ``sa_tenancy:spare``, one transaction each."""
+    """Build ``count`` spares marked ``sa_tenancy:spare[:<namespace>]``, one transaction each."""
     made = []
     for _ in range(count):
         # Public name policies refuse this prefix: a spare is never served before it is claimed.
         spare = f"{SPARE_PREFIX}{uuid.uuid4().hex[:16]}"
         with bind.begin() as conn:
-            _build(conn, spare, mark=SPARE_MARK, metadata=metadata,
-                   alembic_config=alembic_config, template=template, data=data)  # fmt: skip
+            _build(conn, spare, mark=spare_mark(namespace), metadata=metadata,
+                   alembic_config=alembic_config, template=template, data=data,
+                   namespace=namespace)  # fmt: skip
         made.append(spare)
     return made
 
 
-def reservoir_size(bind: Engine) -> int:
-    """How many spares the ledger holds."""
-    with bind.connect() as conn:
+def reservoir_size(bind: Engine, *, namespace: str = "") -> int:
+    """How many spares of ``namespace`` the ledger holds."""
+    with bind.begin() as conn:
         if not _ledger.exists(conn):
             return 0
+        _ledger.ensure(conn)  # a ledger made before namespaces gets its column
         return int(
-            conn.execute(text(f"SELECT count(*) FROM {_ledger.QUALIFIED} WHERE spare")).scalar_one()
+            conn.execute(
+                text(f"SELECT count(*) FROM {_ledger.QUALIFIED} WHERE spare AND namespace = :ns"),
+                {"ns": namespace},
+            ).scalar_one()
         )
 
 
-def claim(bind: Engine, schema: str) -> None:
-    """Rename a spare to ``schema``, mark and record it: one short transaction."""
+def claim(bind: Engine, schema: str, *, namespace: str = "") -> None:
+    """Rename a spare of ``namespace`` to ``schema``, mark and record it: one transaction."""
+    try:
+        _claim(bind, schema, namespace)
+    except sa_exc.ProgrammingError as error:
+        # A ledger made before namespaces: add the column once, then claim as usual. Not
+        # checked up front, so a current ledger costs a signup no extra round trip.
+        if getattr(error.orig, "sqlstate", None) != "42703":  # undefined_column
+            raise
+        with bind.begin() as conn:
+            _ledger.ensure(conn)
+        _claim(bind, schema, namespace)
+
+
+def _claim(bind: Engine, schema: str, namespace: str) -> None:
     table = f"{_ledger.LEDGER_SCHEMA}.{_ledger.LEDGER_TABLE}"
-    empty = "the reservoir is empty: call fill_reservoir() (or create_tenant()) first"
+    empty = (
+        f"the reservoir of {label(namespace)} is empty: call fill_reservoir() with the same "
+        "namespace (or create_tenant()) first"
+    )
     # Four round trips in all (BEGIN, take a spare, rename + mark + record, COMMIT): a signup
     # pays for these and nothing else.
     with bind.begin() as conn:
@@ -254,9 +305,10 @@ def claim(bind: Engine, schema: str) -> None:
             row = conn.execute(
                 text(
                     f"DELETE FROM {table} WHERE schema_name = (SELECT schema_name "
-                    f"FROM {table} WHERE spare ORDER BY schema_name LIMIT 1 "
-                    "FOR UPDATE SKIP LOCKED) RETURNING schema_name, revision"
-                )
+                    f"FROM {table} WHERE spare AND namespace = :ns ORDER BY schema_name "
+                    "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING schema_name, revision"
+                ),
+                {"ns": namespace},
             ).first()
         except sa_exc.ProgrammingError as error:
             # A database that never had a reservoir has no ledger table at all.
@@ -271,9 +323,9 @@ def claim(bind: Engine, schema: str) -> None:
             _ledger.execute_ddl(
                 conn,
                 f"ALTER SCHEMA {q(row[0])} RENAME TO {q(schema)}; "
-                f"COMMENT ON SCHEMA {q(schema)} IS '{TENANT_MARK}'; "
-                f"INSERT INTO {table} (schema_name, revision) "
-                f"VALUES ({_literal(schema)}, {revision})",
+                f"COMMENT ON SCHEMA {q(schema)} IS '{tenant_mark(namespace)}'; "
+                f"INSERT INTO {table} (schema_name, revision, namespace) "
+                f"VALUES ({_literal(schema)}, {revision}, {_literal(namespace)})",
             )
 
 

@@ -15,6 +15,12 @@ Listing, existence checks and drops consider marked files only; ``create`` never
 file that exists, marked or not. A tenant file made by an older version of sa_tenancy has no
 mark; mark it once with ``sqlite3 data/acme.db "PRAGMA application_id = 1935758446"``.
 
+Namespaces: a tenant of a namespace other than the default also holds the one-row table
+:data:`MARK_TABLE` (``mark`` = ``sa_tenancy:tenant:<namespace>``), written in the same
+transaction as the header mark. A file without it is in the default namespace, so files made
+before namespaces existed stay where they were. Checking a namespace opens the file read-only
+(the header alone cannot hold a name); exclude the table from Alembic autogenerate as on MySQL.
+
 :mod:`sa_tenancy.lifecycle` validates every name and checks that its file is not the main
 database (:func:`sa_tenancy._dialect_names.check_sqlite_file`) before calling in here.
 """
@@ -33,11 +39,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ._dialect_names import sqlite_main_file
+from ._namespace import namespace_of_mark
 from ._tenant_tables import tenant_tables
 from .exc import TenancyError
 
 __all__ = [
     "APPLICATION_ID",
+    "MARK_TABLE",
     "create",
     "directory_of",
     "drop",
@@ -51,6 +59,8 @@ __all__ = [
 APPLICATION_ID = 0x7361546E
 _MAGIC = b"SQLite format 3\x00"
 _SIDECARS = ("-journal", "-wal", "-shm")
+#: The table naming a tenant file's namespace (absent in the default namespace).
+MARK_TABLE = "_sa_tenancy_tenant"
 
 
 def directory_of(bind: Engine, directory: str | os.PathLike[str] | None) -> Path:
@@ -75,8 +85,13 @@ def tenant_path(bind: Engine, schema: str, directory: str | os.PathLike[str] | N
     return directory_of(bind, directory) / f"{schema}.db"
 
 
-def is_marked(path: Path) -> bool:
-    """Whether ``path`` is a SQLite file whose header carries :data:`APPLICATION_ID`."""
+def is_marked(path: Path, namespace: str | None = None) -> bool:
+    """Whether ``path`` is a SQLite file whose header carries :data:`APPLICATION_ID`.
+
+    With ``namespace`` ('' for the default), also whether the tenant is of that namespace.
+    """
+    if namespace is not None:
+        return is_marked(path) and _namespace_of(path) == namespace
     try:
         with path.open("rb") as file:
             header = file.read(72)
@@ -102,15 +117,36 @@ def make_directories(bind: Engine, directory: str | os.PathLike[str] | None) -> 
         main.resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
-def list_marked(bind: Engine, directory: str | os.PathLike[str] | None) -> list[str]:
-    """Names of the marked ``*.db`` files in the tenant folder, sorted."""
+def _namespace_of(path: Path) -> str | None:
+    """The namespace named inside a marked file ('' if none), or None if it cannot be read."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MARK_TABLE,)
+        ).fetchone():
+            return ""
+        row = conn.execute(f"SELECT mark FROM {MARK_TABLE}").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return namespace_of_mark(str(row[0])) if row else ""
+
+
+def list_marked(
+    bind: Engine, directory: str | os.PathLike[str] | None, namespace: str = ""
+) -> list[str]:
+    """Names of the marked ``*.db`` files of ``namespace`` in the tenant folder, sorted."""
     folder = directory_of(bind, directory)
     if not folder.is_dir():
         return []
-    return sorted(p.name[: -len(".db")] for p in folder.glob("*.db") if is_marked(p))
+    return sorted(p.name[: -len(".db")] for p in folder.glob("*.db") if is_marked(p, namespace))
 
 
-def create(schema: str, path: Path, metadata: MetaData | None) -> None:
+def create(schema: str, path: Path, metadata: MetaData | None, namespace: str = "") -> None:
     """Build the tenant in a private file, then publish it under ``path`` without overwriting.
 
     :raises TenancyError: if ``path`` exists (a tenant or not): it is never replaced.
@@ -127,6 +163,11 @@ def create(schema: str, path: Path, metadata: MetaData | None) -> None:
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+            if namespace:  # validated: letters, digits and underscores only
+                conn.exec_driver_sql(f"CREATE TABLE {MARK_TABLE} (mark TEXT NOT NULL)")
+                conn.exec_driver_sql(
+                    f"INSERT INTO {MARK_TABLE} VALUES ('sa_tenancy:tenant:{namespace}')"
+                )
             if metadata is not None:
                 metadata.create_all(conn, tables=tenant_tables(metadata))
         engine.dispose()

@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from . import _ledger
 from ._alembic import head_revision
+from ._namespace import check
 
 if TYPE_CHECKING:
     from ._alembic import AlembicConfig
@@ -72,6 +73,7 @@ def tenant_status(
     verify: bool = False,
     include_spares: bool = True,
     per_connection: int = 2000,
+    namespace: str | None = None,
 ) -> StatusReport:
     """Report each tenant's revision from the ledger; compare with head if ``config`` is given.
 
@@ -84,14 +86,18 @@ def tenant_status(
     ``verify`` reads every tenant's ``alembic_version`` in ``UNION ALL`` batches, on a fresh
     connection every ``per_connection`` tenants, so no backend accumulates the catalog entries
     of the whole fleet.
+
+    Only the tenants (and spares) of ``namespace`` are reported (default: the default
+    namespace); the report stays one query over the catalog and the ledger.
     """
+    ns = check(namespace)
     started = time.monotonic()
     head = head_revision(config) if config is not None else None
     report = StatusReport(head=head, verified=verify)
     with bind.connect() as conn:
-        rows = _ledger.marked_schemas(conn)
+        rows = _ledger.marked_schemas(conn, (_ledger.tenant_mark(ns), _ledger.spare_mark(ns)))
     for schema, mark, revision, in_ledger in rows:
-        kind = "spare" if mark == _ledger.SPARE_MARK else "tenant"
+        kind = "spare" if mark == _ledger.spare_mark(ns) else "tenant"
         if kind == "spare" and not include_spares:
             continue
         if not in_ledger:

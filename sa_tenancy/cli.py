@@ -4,160 +4,104 @@ Exit codes are for scripts: 0 when everything asked for was done, 1 when some te
 (each one is named), 2 for a usage error, an invalid name or a database that cannot be reached.
 No traceback is shown for any of those; ``--json`` prints one JSON document on stdout.
 
-The database comes from ``--url`` or ``DATABASE_URL``. Also runnable as
-``python -m sa_tenancy.cli``.
+The database comes from ``--url`` or ``DATABASE_URL``, the namespace from ``--namespace`` or
+``SA_TENANCY_NAMESPACE`` (unset: the default namespace); both options may come before or after
+the command, like git's global options. Also runnable as ``python -m sa_tenancy.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-from typing import NoReturn
 
-from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
+from . import _namespace
 from . import _templates
 from . import lifecycle
+from ._cli_support import NAMESPACE_ENV
+from ._cli_support import UsageError
+from ._cli_support import checked_names
+from ._cli_support import config_of
+from ._cli_support import emit
+from ._cli_support import engine_of
+from ._cli_support import fail
+from ._cli_support import load_metadata
+from ._cli_support import message_of
+from ._cli_support import namespace_of
+from ._cli_support import url_of
 from .exc import InvalidSchemaName
 from .exc import TenancyError
 
 PROG = "sa-tenancy"
 
 
-class _UsageError(Exception):
-    """A problem with the command line or the environment: exit code 2."""
-
-
-def _fail(message: str) -> NoReturn:
-    raise _UsageError(message)
-
-
-def _url(args: argparse.Namespace) -> str:
-    url = args.url or os.environ.get("DATABASE_URL")
-    if not url:
-        _fail("no database: pass --url or set DATABASE_URL")
-    return str(url)
-
-
-def _engine(args: argparse.Namespace) -> Engine:
-    try:
-        engine = create_engine(_url(args), poolclass=NullPool)
-    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as error:
-        _fail(f"invalid database URL: {error}")
-    try:
-        with engine.connect():
-            pass
-    except sa_exc.DBAPIError as error:
-        first = str(error.orig).strip().splitlines()
-        _fail(f"cannot connect to the database: {first[0] if first else error}")
-    return engine
-
-
-def _names(values: Sequence[str]) -> list[str]:
-    """Validate every name before anything is sent: one bad name stops the whole command."""
-    return [lifecycle._validate(v, None) for v in values]
-
-
-def _config(args: argparse.Namespace, *, required: bool) -> str | None:
-    path: str | None = args.config
-    if path is None:
-        path = "alembic.ini" if Path("alembic.ini").exists() or required else None
-    if path is not None and not Path(path).exists():
-        if required:
-            _fail(f"no Alembic configuration at {path!r}; pass --config or run alembic-init")
-        return None
-    return path
-
-
-def _emit(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        for line in lines:
-            print(line)
-
-
 def _cmd_create(args: argparse.Namespace) -> int:
-    names = _names(args.names)
-    template = _names([args.clone_from])[0] if args.clone_from else None
-    metadata = _load_metadata(args.metadata) if args.metadata else None
-    config = None if template or args.claim else _config(args, required=False)
-    engine = _engine(args)
+    names = checked_names(args.names)
+    template = checked_names([args.clone_from])[0] if args.clone_from else None
+    metadata = load_metadata(args.metadata) if args.metadata else None
+    config = None if template or args.claim else config_of(args, required=False)
+    ns = namespace_of(args)
+    engine = engine_of(args)
     failed: dict[str, str] = {}
     made = []
     for name in names:
         try:
             if args.claim:
-                lifecycle.claim_tenant(engine, name)
+                lifecycle.claim_tenant(engine, name, namespace=ns)
             elif template is not None:
-                lifecycle.clone_tenant(engine, template, name, data=args.data)
+                lifecycle.clone_tenant(engine, template, name, data=args.data, namespace=ns)
             else:
-                lifecycle.create_tenant(engine, name, metadata=metadata, alembic_config=config)
+                lifecycle.create_tenant(engine, name, metadata=metadata, alembic_config=config,
+                                        namespace=ns)  # fmt: skip
             made.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
-            failed[name] = _message(error)
+            failed[name] = message_of(error)
     lines = [f"created {n}" for n in made] + [f"FAILED {n}: {m}" for n, m in failed.items()]
-    _emit(args, {"created": made, "failed": failed}, lines)
+    emit(args, {"created": made, "failed": failed}, lines)
     return 1 if failed else 0
 
 
-def _load_metadata(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        _fail(f"--metadata wants MODULE:ATTRIBUTE (e.g. myapp.models:Base.metadata), not {spec!r}")
-    sys.path.insert(0, os.getcwd())
-    try:
-        value: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            value = getattr(value, part)
-    except (ImportError, AttributeError) as error:
-        _fail(f"cannot load --metadata {spec!r}: {error}")
-    return value
-
-
 def _cmd_drop(args: argparse.Namespace) -> int:
-    names = _names(args.names)
+    names = checked_names(args.names)
+    ns = namespace_of(args)
     if not args.yes:
         if not sys.stdin.isatty():
-            _fail("dropping tenants deletes their data: pass --yes to confirm")
+            fail("dropping tenants deletes their data: pass --yes to confirm")
         listed = ", ".join(names)
         answer = input(f"drop {len(names)} tenant(s) ({listed}) and all their data? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing dropped")
             return 0
-    engine = _engine(args)
+    engine = engine_of(args)
     failed: dict[str, str] = {}
     dropped = []
     for name in names:
         try:
-            lifecycle.drop_tenant(engine, name)
+            lifecycle.drop_tenant(engine, name, namespace=ns)
             dropped.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
-            failed[name] = _message(error)
+            failed[name] = message_of(error)
     lines = [f"dropped {n}" for n in dropped] + [f"FAILED {n}: {m}" for n, m in failed.items()]
-    _emit(args, {"dropped": dropped, "failed": failed}, lines)
+    emit(args, {"dropped": dropped, "failed": failed}, lines)
     return 1 if failed else 0
 
 
 def _cmd_rename(args: argparse.Namespace) -> int:
-    old, new = _names([args.old, args.new])
-    engine = _engine(args)
+    old, new = checked_names([args.old, args.new])
+    ns = namespace_of(args)
+    engine = engine_of(args)
     try:
-        lifecycle.rename_tenant(engine, old, new)
+        lifecycle.rename_tenant(engine, old, new, namespace=ns)
     except (TenancyError, sa_exc.DBAPIError) as error:
-        _emit(args, {"renamed": None, "failed": {old: _message(error)}},
-              [f"FAILED {old}: {_message(error)}"])  # fmt: skip
+        emit(args, {"renamed": None, "failed": {old: message_of(error)}},
+              [f"FAILED {old}: {message_of(error)}"])  # fmt: skip
         return 1
-    _emit(args, {"renamed": {old: new}, "failed": {}}, [f"renamed {old} -> {new}"])
+    emit(args, {"renamed": {old: new}, "failed": {}}, [f"renamed {old} -> {new}"])
     return 0
 
 
@@ -165,29 +109,33 @@ def _cmd_adopt(args: argparse.Namespace) -> int:
     from . import _adopt
 
     schema, tenant = _adopt.check_names(args.schema, args.as_tenant)
+    ns = namespace_of(args)
     # Never ./alembic.ini implicitly: stamping claims the schema's tables are at head.
     if args.config is not None and not Path(args.config).exists():
-        _fail(f"no Alembic configuration at {args.config!r}; pass the project's alembic.ini")
-    engine = _engine(args)
+        fail(f"no Alembic configuration at {args.config!r}; pass the project's alembic.ini")
+    engine = engine_of(args)
     try:
-        done = _adopt.adopt(engine, schema, as_tenant=tenant, alembic_config=args.config)
+        done = _adopt.adopt(
+            engine, schema, as_tenant=tenant, alembic_config=args.config, namespace=ns
+        )
     except (TenancyError, sa_exc.DBAPIError) as error:
         if isinstance(error, (InvalidSchemaName, sa_exc.OperationalError)):
             raise
-        _emit(args, {"adopted": None, "failed": {schema: _message(error)}},
-              [f"FAILED {schema}: {_message(error)}"])  # fmt: skip
+        emit(args, {"adopted": None, "failed": {schema: message_of(error)}},
+              [f"FAILED {schema}: {message_of(error)}"])  # fmt: skip
         return 1
     data = {"schema": done.schema, "tenant": done.tenant, "revision": done.revision,
             "moved": done.moved}  # fmt: skip
     line = f"adopted {done.schema} as tenant {done.tenant} (revision {done.revision})"
     moved = [f"  moved {m}" for m in done.moved]
-    _emit(args, {"adopted": data, "failed": {}}, [line, *moved])
+    emit(args, {"adopted": data, "failed": {}}, [line, *moved])
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    names = lifecycle.list_tenants(engine)
+    ns = namespace_of(args)
+    engine = engine_of(args)
+    names = lifecycle.list_tenants(engine, namespace=ns)
     if args.json:
         print(json.dumps(names))
     else:
@@ -201,7 +149,7 @@ def _cmd_alembic_init(args: argparse.Namespace) -> int:
     ini = target / "alembic.ini"
     env = target / "env.py"
     if ini.exists() or env.exists():
-        _fail(f"{target} already holds an Alembic environment; choose an empty directory")
+        fail(f"{target} already holds an Alembic environment; choose an empty directory")
     (target / "versions").mkdir(parents=True, exist_ok=True)
     ini.write_text(_templates.ALEMBIC_INI.format(ini=ini), encoding="utf-8")
     env.write_text(_templates.ENV_PY, encoding="utf-8")
@@ -215,19 +163,20 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from ._progress import ProgressLine
     from .migrate import migrate_tenants
 
-    config = _config(args, required=True)
+    config = config_of(args, required=True)
     assert config is not None
-    tenants = _names(args.tenant) if args.tenant else None
+    tenants = checked_names(args.tenant) if args.tenant else None
+    ns = namespace_of(args)
     if args.jobs < 1 or args.canary < 0:
-        _fail("--jobs must be at least 1 and --canary at least 0")
-    _engine(args).dispose()  # a connection error is exit 2, before any worker starts
+        fail("--jobs must be at least 1 and --canary at least 0")
+    engine_of(args).dispose()  # a connection error is exit 2, before any worker starts
     stream = sys.stderr if args.json else sys.stdout
     progress = ProgressLine(stream, tty=stream.isatty(), label="migrate")
     try:
         report = migrate_tenants(
-            _url(args), config, jobs=args.jobs, tenants=tenants, canary=args.canary,
+            url_of(args), config, jobs=args.jobs, tenants=tenants, canary=args.canary,
             lock_timeout=args.lock_timeout, statement_timeout=args.statement_timeout,
-            progress=progress,
+            progress=progress, namespace=ns,
         )  # fmt: skip
     finally:
         progress.close()
@@ -242,16 +191,17 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     lines += [f"FAILED {r.schema}: {r.error}" for r in report.failed]
     if report.stopped_by_canary:
         lines.append(f"canary failed: stopped; {len(report.not_attempted)} tenants not attempted")
-    _emit(args, summary, lines)
+    emit(args, summary, lines)
     return 0 if report.ok else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .migrate import tenant_status
 
-    config = _config(args, required=False)
-    engine = _engine(args)
-    report = tenant_status(engine, config=config, verify=args.verify)
+    config = config_of(args, required=False)
+    ns = namespace_of(args)
+    engine = engine_of(args)
+    report = tenant_status(engine, config=config, verify=args.verify, namespace=ns)
     lines = [
         f"head {report.head}: {len(report.tenants)} tenants"
         + (", verified against each tenant's alembic_version" if report.verified else "")
@@ -263,38 +213,47 @@ def _cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"{row['state'].upper()} {row['schema']}: {row['revision']}{extra}")
     if len(behind) > args.limit:
         lines.append(f"... and {len(behind) - args.limit} more not current (see --json)")
-    _emit(args, report.as_dict(), lines)
+    emit(args, report.as_dict(), lines)
     return 0 if report.ok else 1
 
 
 def _cmd_reservoir(args: argparse.Namespace) -> int:
-    template = _names([args.clone_from])[0] if args.clone_from else None
-    metadata = _load_metadata(args.metadata) if args.metadata else None
-    config = None if template else _config(args, required=False)
-    engine = _engine(args)
+    template = checked_names([args.clone_from])[0] if args.clone_from else None
+    metadata = load_metadata(args.metadata) if args.metadata else None
+    config = None if template else config_of(args, required=False)
+    ns = namespace_of(args)
+    engine = engine_of(args)
     made: list[str] = []
     if args.fill:
-        made = lifecycle.fill_reservoir(
-            engine, args.fill, template=template, metadata=metadata, alembic_config=config
-        )
-    size = lifecycle.reservoir_size(engine)
-    _emit(args, {"added": made, "spares": size}, [f"added {len(made)} spares; {size} waiting"])
+        made = lifecycle.fill_reservoir(engine, args.fill, template=template, metadata=metadata,
+                                        alembic_config=config, namespace=ns)  # fmt: skip
+    size = lifecycle.reservoir_size(engine, namespace=ns)
+    emit(args, {"added": made, "spares": size}, [f"added {len(made)} spares; {size} waiting"])
     return 0
-
-
-def _message(error: BaseException) -> str:
-    orig = getattr(error, "orig", None)
-    text = str(orig if orig is not None else error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation tools and tests)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="database URL (default: $DATABASE_URL)")
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Schema-per-tenant lifecycle and migrations for SQLAlchemy."
+    url_help = "database URL (default: $DATABASE_URL)"
+    ns_help = (
+        f"the namespace whose tenants to work on (default: ${NAMESPACE_ENV}, else the default "
+        f"namespace); {_namespace.RULE}"
     )
+    # The same options after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    common.add_argument("--namespace", metavar="NAME", default=argparse.SUPPRESS, help=ns_help)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Schema-per-tenant lifecycle and migrations for SQLAlchemy.",
+        epilog=(
+            "--url and --namespace may come before or after the command. Every command that "
+            "creates, drops, lists, migrates or reports tenants works in one namespace only: "
+            f"--namespace NAME, else ${NAMESPACE_ENV}, else the default namespace."
+        ),
+    )
+    parser.add_argument("--url", default=None, help=url_help)
+    parser.add_argument("--namespace", metavar="NAME", default=None, help=ns_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("create", parents=[common], help="create tenants")
@@ -370,11 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (_UsageError, InvalidSchemaName) as error:
+    except (UsageError, InvalidSchemaName) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except sa_exc.OperationalError as error:
-        print(f"{PROG}: error: database error: {_message(error)}", file=sys.stderr)
+        print(f"{PROG}: error: database error: {message_of(error)}", file=sys.stderr)
         return 2
     except TenancyError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -26,6 +26,13 @@ database or file is never listed and never dropped (:class:`~sa_tenancy.UnknownS
 ``exist_ok=True``, which only means "a *tenant* of that name exists already". An existing
 schema becomes a tenant only when asked to, through :func:`sa_tenancy.adopt_schema`.
 
+**Namespaces** let several applications keep tenants in one database: every function here
+takes ``namespace=`` (``None``: the default namespace, where every older tenant lives; else
+``[a-z][a-z0-9_]{0,30}``, checked before any SQL). It is part of the mark (see
+:mod:`sa_tenancy._namespace`), so another namespace's tenant is never listed, and dropping,
+renaming or cloning it raises :class:`~sa_tenancy.UnknownSchema`. Tenant names are still one
+set per database.
+
 Provisioning fast, on PostgreSQL: :func:`clone_tenant` copies a template tenant server-side;
 :func:`fill_reservoir` prepares spare, fully built schemas ahead of time and
 :func:`claim_tenant` turns one into a tenant with ``ALTER SCHEMA ... RENAME``. Every operation
@@ -45,6 +52,7 @@ from . import _dialect_names
 from . import _lifecycle_mysql as _mysql
 from . import _lifecycle_pg as _pg
 from . import _lifecycle_sqlite as _sqlite
+from . import _namespace
 from ._ledger import TENANT_MARK
 from .exc import InvalidSchemaName
 from .exc import TenancyError
@@ -120,6 +128,7 @@ def create_tenant(
     directory: str | os.PathLike[str] | None = None,
     exist_ok: bool = False,
     alembic_config: AlembicConfig | None = None,
+    namespace: str | None = None,
 ) -> str:
     """Create tenant ``schema`` with the schema-less tables of ``metadata``, and mark it.
 
@@ -140,27 +149,29 @@ def create_tenant(
 
     :param exist_ok: return quietly if the *tenant* already exists (its tables are not
         checked), for idempotent provisioning at start-up.
+    :param namespace: the namespace the tenant belongs to (default: the default namespace).
     :returns: the validated schema name.
-    :raises InvalidSchemaName: before anything is sent or opened.
+    :raises InvalidSchemaName: for an invalid name or namespace, before anything is sent.
     :raises TenancyError: if the tenant already exists and ``exist_ok`` is false, or a schema,
-        database or file of that name exists and is not a tenant.
+        database or file of that name exists and is not a tenant of this namespace.
     """
+    ns = _namespace.check(namespace)
     schema = _tenant(bind, schema, names, directory)
     dialect = bind.dialect.name
     if dialect not in ("postgresql", "sqlite", *_MYSQL):
         raise _unsupported(bind, "create_tenant")
     if dialect == "sqlite":
         _sqlite.make_directories(bind, directory)
-    if schema in _list(bind, directory, only=schema):
+    if schema in _list(bind, directory, only=schema, namespace=ns):
         if exist_ok:
             return schema
         raise TenancyError(f"tenant {schema!r} already exists")
     if dialect == "postgresql":
-        _pg.create(bind, schema, metadata=metadata, alembic_config=alembic_config)
+        _pg.create(bind, schema, metadata=metadata, alembic_config=alembic_config, namespace=ns)
     elif dialect == "sqlite":
-        _sqlite.create(schema, _sqlite.tenant_path(bind, schema, directory), metadata)
+        _sqlite.create(schema, _sqlite.tenant_path(bind, schema, directory), metadata, ns)
     else:
-        _mysql.create(bind, schema, metadata)
+        _mysql.create(bind, schema, metadata, namespace=ns)
     return schema
 
 
@@ -171,6 +182,7 @@ def clone_tenant(
     *,
     data: bool = False,
     names: NamePolicy | None = None,
+    namespace: str | None = None,
 ) -> str:
     """Create tenant ``schema`` as a copy of tenant ``template`` (PostgreSQL), all or nothing.
 
@@ -184,28 +196,39 @@ def clone_tenant(
     Much faster than ``create_all`` or replaying migrations: the catalog is read in a handful of
     queries and the whole DDL goes to the server in one round trip.
 
-    :raises UnknownSchema: if ``template`` is not a tenant.
+    The clone belongs to ``namespace``, and so must ``template``.
+
+    :raises UnknownSchema: if ``template`` is not a tenant of ``namespace``.
     """
+    ns = _namespace.check(namespace)
     schema = _name(bind, schema, names)
     template = _name(bind, template, names)
     _pg_only(bind, "clone_tenant")
-    _pg.clone(bind, template, schema, data=data)
+    _pg.clone(bind, template, schema, data=data, namespace=ns)
     return schema
 
 
-def rename_tenant(bind: Engine, old: str, new: str, *, names: NamePolicy | None = None) -> str:
+def rename_tenant(
+    bind: Engine,
+    old: str,
+    new: str,
+    *,
+    names: NamePolicy | None = None,
+    namespace: str | None = None,
+) -> str:
     """Rename tenant ``old`` to ``new`` (PostgreSQL); its ledger row follows in one transaction.
 
     Sequences, defaults and foreign keys refer to objects by OID and follow the rename. Refused
     while a migration holds the tenant's advisory lock.
 
-    :raises UnknownSchema: if ``old`` is not a tenant.
+    :raises UnknownSchema: if ``old`` is not a tenant of ``namespace``.
     :raises TenancyError: if ``new`` already exists or the tenant is being migrated.
     """
+    ns = _namespace.check(namespace)
     old = _name(bind, old, names)
     new = _name(bind, new, names)
     _pg_only(bind, "rename_tenant")
-    _pg.rename(bind, old, new)
+    _pg.rename(bind, old, new, namespace=ns)
     return new
 
 
@@ -215,29 +238,45 @@ def tenant_exists(
     *,
     names: NamePolicy | None = None,
     directory: str | os.PathLike[str] | None = None,
+    namespace: str | None = None,
 ) -> bool:
-    """Whether tenant ``schema`` exists: a schema, database or file carrying the tenant mark."""
+    """Whether tenant ``schema`` exists: a schema, database or file with ``namespace``'s mark."""
+    ns = _namespace.check(namespace)
     schema = _tenant(bind, schema, names, directory)
-    return schema in _list(bind, directory, only=schema)
+    return schema in _list(bind, directory, only=schema, namespace=ns)
 
 
-def list_tenants(bind: Engine, *, directory: str | os.PathLike[str] | None = None) -> list[str]:
-    """Names of all tenants (marked ones only), sorted; spares are not tenants yet."""
-    return _list(bind, directory)
+def list_tenants(
+    bind: Engine,
+    *,
+    directory: str | os.PathLike[str] | None = None,
+    namespace: str | None = None,
+) -> list[str]:
+    """Names of the tenants of ``namespace`` (marked ones only), sorted; spares are not tenants.
+
+    :param namespace: ``None`` (the default namespace) or a name such as ``"billing"``:
+        a lowercase letter, then up to 30 lowercase letters, digits or underscores.
+    """
+    return _list(bind, directory, namespace=_namespace.check(namespace))
 
 
 def _list(
-    bind: Engine, directory: str | os.PathLike[str] | None, only: str | None = None
+    bind: Engine,
+    directory: str | os.PathLike[str] | None,
+    only: str | None = None,
+    *,
+    namespace: str,
 ) -> list[str]:
     dialect = bind.dialect.name
     if dialect == "postgresql":
-        found = _pg.list_marked(bind, only)
+        found = _pg.list_marked(bind, only, namespace=namespace)
     elif dialect in _MYSQL:
-        found = _mysql.list_marked(bind, only)
+        found = _mysql.list_marked(bind, only, namespace=namespace)
     elif dialect == "sqlite" and only is not None:
-        found = [only] if _sqlite.is_marked(_sqlite.tenant_path(bind, only, directory)) else []
+        path = _sqlite.tenant_path(bind, only, directory)
+        found = [only] if _sqlite.is_marked(path, namespace) else []
     elif dialect == "sqlite":
-        found = _sqlite.list_marked(bind, directory)
+        found = _sqlite.list_marked(bind, directory, namespace)
     else:
         raise TenancyError(f"tenants are not supported on the {dialect} dialect")
     # A mark on something no tenant name can reach (a marked main file, a database renamed by
@@ -260,8 +299,9 @@ def drop_tenant(
     names: NamePolicy | None = None,
     directory: str | os.PathLike[str] | None = None,
     batch_size: int = 100,
+    namespace: str | None = None,
 ) -> None:
-    """Drop tenant ``schema`` and everything in it.
+    """Drop tenant ``schema`` of ``namespace`` and everything in it.
 
     On PostgreSQL a small tenant goes in one transaction. A tenant with more catalog objects
     than one transaction should lock is first unmarked (it stops being a tenant and leaves the
@@ -270,19 +310,23 @@ def drop_tenant(
     shared lock table (``max_locks_per_transaction``). An interrupted drop can be finished by
     calling ``drop_tenant`` again. On SQLite the file goes, with its journal files.
 
-    :raises UnknownSchema: if it is not a tenant (not marked as one), so a typo can never drop
-        ``public``, a shared schema, another application's database or a stray file.
+    :raises UnknownSchema: if it is not a tenant of ``namespace`` (not marked as one), so a
+        typo can never drop ``public``, a shared schema, another application's database or
+        tenant, or a stray file.
     """
+    ns = _namespace.check(namespace)
     schema = _tenant(bind, schema, names, directory)
     dialect = bind.dialect.name
     if dialect == "postgresql":
-        _pg.drop(bind, schema, batch_size=batch_size, at_once=_DROP_AT_ONCE)
+        _pg.drop(bind, schema, batch_size=batch_size, at_once=_DROP_AT_ONCE, namespace=ns)
     elif dialect in _MYSQL:
-        _mysql.drop(bind, schema)
+        _mysql.drop(bind, schema, namespace=ns)
     elif dialect == "sqlite":
         path = _sqlite.tenant_path(bind, schema, directory)
-        if not _sqlite.is_marked(path):
-            raise UnknownSchema(f"{schema!r} is not a tenant; nothing was dropped")
+        if not _sqlite.is_marked(path, ns):
+            raise UnknownSchema(
+                f"{schema!r} is not a tenant of {_namespace.label(ns)}; nothing was dropped"
+            )
         _sqlite.drop(path)
     else:
         raise _unsupported(bind, "drop_tenant")
@@ -296,6 +340,7 @@ def fill_reservoir(
     template: str | None = None,
     alembic_config: AlembicConfig | None = None,
     data: bool = False,
+    namespace: str | None = None,
 ) -> list[str]:
     """Add ``count`` spare, fully built schemas to the reservoir (PostgreSQL).
 
@@ -308,33 +353,46 @@ def fill_reservoir(
     Spare names (``sa_spare_<hex>``) are refused by every name policy, so no session and no
     other lifecycle call can use a spare before :func:`claim_tenant` renames it.
 
+    Each namespace has its own reservoir: a spare filled for ``namespace`` is claimed only by
+    :func:`claim_tenant` with the same ``namespace`` (and ``template`` must be its tenant).
+
     :returns: the names of the new spares (``sa_spare_<hex>``).
     """
+    ns = _namespace.check(namespace)
     _pg_only(bind, "fill_reservoir")
     if template is not None:
         template = _name(bind, template, None)
     return _pg.fill_reservoir(bind, count, metadata=metadata, template=template,
-                              alembic_config=alembic_config, data=data)  # fmt: skip
+                              alembic_config=alembic_config, data=data,
+                              namespace=ns)  # fmt: skip
 
 
-def reservoir_size(bind: Engine) -> int:
-    """How many spare schemas are waiting to be claimed."""
+def reservoir_size(bind: Engine, *, namespace: str | None = None) -> int:
+    """How many spare schemas of ``namespace`` are waiting to be claimed."""
+    ns = _namespace.check(namespace)
     _pg_only(bind, "reservoir_size")
-    return _pg.reservoir_size(bind)
+    return _pg.reservoir_size(bind, namespace=ns)
 
 
-def claim_tenant(bind: Engine, schema: str, *, names: NamePolicy | None = None) -> str:
+def claim_tenant(
+    bind: Engine,
+    schema: str,
+    *,
+    names: NamePolicy | None = None,
+    namespace: str | None = None,
+) -> str:
     """Create tenant ``schema`` by claiming a spare schema from the reservoir (PostgreSQL).
 
     One short transaction: take a spare's ledger row with ``FOR UPDATE SKIP LOCKED`` (so
     concurrent signups never claim the same spare and never wait for each other), ``ALTER
     SCHEMA ... RENAME`` it, mark it a tenant, record it. A few milliseconds instead of a build.
 
-    :raises ReservoirEmpty: if no spare is left (call :func:`fill_reservoir`, or fall back to
-        :func:`create_tenant`).
+    :raises ReservoirEmpty: if no spare of ``namespace`` is left (call :func:`fill_reservoir`
+        with the same namespace, or fall back to :func:`create_tenant`).
     :raises TenancyError: if ``schema`` already exists; the spare stays in the reservoir.
     """
+    ns = _namespace.check(namespace)
     schema = _name(bind, schema, names)
     _pg_only(bind, "claim_tenant")
-    _pg.claim(bind, schema)
+    _pg.claim(bind, schema, namespace=ns)
     return schema

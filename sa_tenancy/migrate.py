@@ -35,6 +35,9 @@ Each worker loads the configuration, the revision map and the engine once, then 
 tenants; the parent reads the ledger once and hands out only tenants that are behind, so a
 deploy with nothing to do spawns nothing, and an interrupted run resumes where it stopped.
 
+:func:`migrate_tenants` and :func:`tenant_status` take ``namespace=``: they select tenants and
+spares by their namespace's marks (see :mod:`sa_tenancy._namespace`), in the same one query.
+
 Alembic is imported only when one of these functions runs: ``import sa_tenancy`` never does.
 """
 
@@ -153,6 +156,7 @@ def migrate_tenants(
     statement_timeout: str | None = None,
     progress: Progress | None = None,
     include_spares: bool = True,
+    namespace: str | None = None,
 ) -> FleetReport:
     """Upgrade every tenant (or ``tenants``) to head in ``jobs`` worker processes.
 
@@ -161,15 +165,21 @@ def migrate_tenants(
     tenant migrates in its own transaction, under its advisory lock and timeouts; a failure is
     recorded and the run continues. With ``canary=N`` the first N tenants run first and the
     rest only if none of them failed. Spare reservoir schemas are migrated too, so a claimed
-    spare is never behind.
+    spare is never behind. Only the tenants and spares of ``namespace`` are considered: another
+    namespace's tenants stay at their revision, and naming one in ``tenants`` reports it
+    ``"missing"``.
 
     :param url: database URL; passed to the workers, which each make one connection.
     :param lock_timeout: ``lock_timeout`` per tenant (PostgreSQL interval text), so a tenant
         whose tables are busy fails fast instead of blocking the deploy.
     :param statement_timeout: ``statement_timeout`` per tenant.
+    :param namespace: whose tenants to migrate (default: the default namespace).
     """
     from sqlalchemy import make_url
 
+    from ._namespace import check
+
+    ns = check(namespace)
     started = time.monotonic()
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
@@ -181,13 +191,13 @@ def migrate_tenants(
     try:
         with engine.begin() as conn:
             _ledger.ensure(conn)
-            rows = _ledger.marked_schemas(conn)
+            rows = _ledger.marked_schemas(conn, (_ledger.tenant_mark(ns), _ledger.spare_mark(ns)))
     finally:
         engine.dispose()
     known = {
         schema: (revision, in_ledger)
         for schema, mark, revision, in_ledger in rows
-        if include_spares or mark == _ledger.TENANT_MARK
+        if include_spares or mark == _ledger.tenant_mark(ns)
     }
     todo: list[str] = []
     if tenants is None:

@@ -58,6 +58,7 @@ from sqlalchemy.orm import scoped_session
 from sqlalchemy.orm import sessionmaker
 
 from .._auto import Auto
+from .._namespace import check as check_namespace
 from ..exc import TenancyError
 from ..exc import UnknownSchema
 from ..lifecycle import list_tenants
@@ -273,6 +274,7 @@ def for_each_tenant(
     bind: Engine | None = None,
     progress: TextIO | bool = True,
     progress_interval: float = 1.0,
+    namespace: str | None = None,
 ) -> TenantRun[_T]:
     """Run ``fn(session, schema)`` for every tenant, at most ``jobs`` at a time.
 
@@ -290,12 +292,15 @@ def for_each_tenant(
     :param progress: where the progress line goes: ``True`` (default) for ``sys.stderr``,
         ``False`` for nowhere, or a text stream.
     :param progress_interval: seconds between progress lines.
+    :param namespace: whose tenants to list when ``tenants`` is not given (default: the
+        default namespace); another namespace's tenants are never visited.
     :returns: a :class:`TenantRun`; call ``raise_for_failures()`` to turn failures into an error.
     :raises TenancyError: before running anything, if sa_tenancy is not installed on
         ``factory``, or ``tenants`` is not given and no engine is known to list them.
 
     ``KeyboardInterrupt`` stops scheduling; tenants already running finish their transaction.
     """
+    ns = check_namespace(namespace)  # an invalid namespace fails before anything runs
     source = _source_of(factory)
     installation = require_installation(source.factory)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -308,7 +313,9 @@ def for_each_tenant(
                     "cannot list the tenants: pass tenants=[...] or bind=engine "
                     "(the factory has no engine bound)"
                 )
-            names = list_tenants(engine, directory=_sqlite_directory(installation))
+            names = list_tenants(
+                engine, directory=_sqlite_directory(installation), namespace=ns or None
+            )
     else:
         if isinstance(tenants, str):
             raise TenancyError("tenants must be a collection of names, not a single str")
