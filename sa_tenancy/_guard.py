@@ -46,6 +46,7 @@ from .exc import SchemaSwitchError
 __all__ = ["ensure_guard"]
 
 _guarded: weakref.WeakSet[Engine] = weakref.WeakSet()
+_GUARDED = "_sa_tenancy_guarded"  # set in an engine's __dict__ once its root is guarded
 _lock = threading.Lock()
 
 
@@ -111,8 +112,11 @@ _HOOKS = (
 
 def ensure_guard(engine: Engine) -> None:
     """Register the guard on ``engine`` (once; an option engine shares its parent's dialect)."""
+    if engine.__dict__.get(_GUARDED):
+        return
     root: Engine = getattr(engine, "_proxied", engine)
     if root in _guarded:
+        engine.__dict__[_GUARDED] = True
         return
     with _lock:
         for name, fn in _HOOKS:

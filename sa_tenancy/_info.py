@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 
 __all__ = ["TenantInfo", "info_property"]
 
-#: ``check(session, new_value)``: raise if the session's tenant may not become ``new_value``.
-Check = Callable[[Session, object], None]
+#: ``check(session, info, new_value)``: raise if the session's tenant may not become
+#: ``new_value`` (``info``: the session's current ``info`` dict, or None).
+Check = Callable[[Session, "Mapping[Any, Any] | None", object], None]
 _MISSING = object()
 
 
@@ -47,7 +48,7 @@ class TenantInfo(dict[Any, Any]):
     def _changing(self, value: object) -> None:
         session = self._session()
         if session is not None:
-            self._check(session, None if value is _MISSING else value)
+            self._check(session, self, None if value is _MISSING else value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if key == self._key:
@@ -103,7 +104,7 @@ def info_property(key: str, check: Check) -> property:
 
     def set_(session: Session, value: Mapping[Any, Any]) -> None:
         replacement = dict(value)
-        check(session, replacement.get(key))
+        check(session, session.__dict__.get("info"), replacement.get(key))
         session.__dict__["info"] = TenantInfo(replacement, session, key, check)
 
     def delete(session: Session) -> None:

@@ -44,6 +44,7 @@ raises), instead of running against the default schema or another tenant.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -102,7 +103,9 @@ class Installation:
     _restore: Callable[[], None] = field(repr=False)
     max_tenants_per_connection: int | None = None
     _listeners: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
-    _check: Callable[[Session, object], None] = field(init=False, repr=False)
+    _check: Callable[[Session, Mapping[Any, Any] | None, object], None] = field(
+        init=False, repr=False
+    )
     _limit: TenantLimit | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +121,8 @@ class Installation:
         state: State | None = session.__dict__.get(STATE_ATTR)
         if state is None:
             state = session.__dict__[STATE_ATTR] = State(session)
-        raw = session.info.get(self.info_key)
+        info = session.__dict__.get("info")  # what session.info holds, without the property
+        raw = None if info is None else info.get(self.info_key)
         home: dict[str, Any] = connection.connection.info
         claim: Claim | None = home.get(CLAIM)
         others = claim.others(state) if claim is not None else []
@@ -264,9 +268,9 @@ class Installation:
             return None
         return self.names.validate(raw)
 
-    def _check_switch(self, session: Session, new: object) -> None:
+    def _check_switch(self, session: Session, info: Mapping[Any, Any] | None, new: object) -> None:
         """Refuse a change of ``session.info[info_key]`` while the session holds the old tenant."""
-        current = dict.get(session.info, self.info_key)
+        current = None if info is None else info.get(self.info_key)
         if same(new, current):
             return
         state: State | None = session.__dict__.get(STATE_ATTR)
@@ -306,7 +310,8 @@ class Installation:
                 "this transaction could not apply its tenant (see the earlier error); "
                 "call session.rollback() or session.close() before using the session again"
             )
-        current = session.info.get(self.info_key)
+        info = session.__dict__.get("info")
+        current = None if info is None else info.get(self.info_key)
         if not same(current, state.raw) and not same(current, state.schema):
             raise SchemaSwitchError(
                 f"session.info[{self.info_key!r}] changed to {current!r} in the middle of a "

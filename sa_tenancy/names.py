@@ -131,10 +131,17 @@ class NamePolicy:
         NamePolicy(lambda n: n.startswith("t_"))  # any predicate
     """
 
-    __slots__ = ("_check", "description")
+    __slots__ = ("_check", "_valid", "description")
+
+    #: How many accepted names a policy with a fixed rule remembers (a dict lookup instead of
+    #: the checks at every transaction begin); forgotten all at once when full.
+    REMEMBER = 4096
 
     def __init__(self, rule: NameRule | None = None) -> None:
         self._check: Callable[[str], bool]
+        # Accepted names, for fixed rules only (a pattern or an allowlist): a predicate may
+        # change its mind, so it is asked every time.
+        self._valid: dict[str, str] | None = {}
         if rule is None:
             rule = DEFAULT_PATTERN
         if isinstance(rule, str):
@@ -145,6 +152,7 @@ class NamePolicy:
             self.description = f"must match {pattern.pattern!r}"
         elif callable(rule):
             self._check = rule
+            self._valid = None
             self.description = f"must satisfy {getattr(rule, '__name__', repr(rule))}"
         elif isinstance(rule, Collection):
             allowed = frozenset(rule)
@@ -160,12 +168,21 @@ class NamePolicy:
 
         :raises InvalidSchemaName: with the reason, before anything is sent to a database.
         """
+        valid = self._valid
+        if valid is not None and type(name) is str:  # exactly str: a subclass may lie
+            known = valid.get(name)
+            if known is not None:
+                return known
         checked = _refuse_internal(_base_check(name, what="tenant schema name", allow_public=False))
         if not self._check(checked):
             raise InvalidSchemaName(
                 f"tenant schema name {_shown(checked)} is not allowed: it {self.description}. "
                 "Widen the policy with install(..., names=...) if it is a real tenant."
             )
+        if valid is not None:
+            if len(valid) >= self.REMEMBER:
+                valid.clear()
+            valid[checked] = checked
         return checked
 
     def __repr__(self) -> str:
