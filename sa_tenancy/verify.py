@@ -53,7 +53,10 @@ Whatever leaked:
 It costs one round trip per check-in on PostgreSQL with psycopg (the query runs in
 ``autocommit`` for that one statement, so no ``BEGIN``/``ROLLBACK`` is sent); other drivers,
 and a connection checked in inside a transaction, pay the query and the ``ROLLBACK`` that ends
-the transaction it opened. It is off by default: turn it on in tests, staging, or a canary.
+the transaction it opened. On a backend that has ever made a temporary object, the query also
+scans ``pg_class`` (no index serves "relations of this namespace"): its cost grows with the
+number of relations in the database. It is off by default: turn it on in tests, staging, or a
+canary.
 
 .. warning::
    What the ``begin`` check cannot see: statements run on a ``Connection`` *inside* an outer
@@ -96,11 +99,14 @@ logger = logging.getLogger("sa_tenancy.verify")
 _DEFAULT_KEY = "sa_tenancy_default_state"
 
 # One statement, one round trip: everything a PostgreSQL session can carry to its next user that
-# changes what an unqualified name or a privilege check means.
+# changes what an unqualified name or a privilege check means. pg_class has no index on the
+# namespace alone, so counting temporary relations scans it; pg_my_temp_schema() is 0 until the
+# backend first makes a temporary object, and the scan (an InitPlan) then never runs.
 _PG_STATE = (
     "SELECT current_setting('search_path'), current_user, session_user, "
+    "CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0 ELSE "
     "(SELECT count(*) FROM pg_catalog.pg_class "
-    "WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
+    "WHERE relnamespace = pg_catalog.pg_my_temp_schema()) END"
 )
 _PG_FIELDS = ("search_path", "current_user", "session_user", "temporary relations")
 
