@@ -15,6 +15,7 @@ import sqlite3
 import tempfile
 import uuid
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import insert
@@ -218,7 +219,6 @@ def test_a_statement_compiled_with_a_leftover_map_is_refused(pg_url, two_tenants
 
 def test_one_round_trip_per_checkin_on_psycopg(pg_url):
     """The state query runs alone in autocommit: no BEGIN, no ROLLBACK of its own."""
-    psycopg = pytest.importorskip("psycopg")
     engine = create_engine(pg_url, pool_size=1, max_overflow=0)
     detector = sa_tenancy.verify_checkin(engine)
     try:
