@@ -230,6 +230,23 @@ def test_kit_reports_rows_read_from_the_wrong_schema(tenancy_conformance, engine
     assert "async sessions: a session for tenant" in message
 
 
+def test_kit_reports_uuid_and_str_keyed_rows_in_the_wrong_schema(tenancy_conformance, engine):
+    """The decoys in public carry the same UUID and str keys as the tenants' rows, so a
+    SQLModel write that misses its tenant collides and is reported."""
+    factory = sessionmaker(engine, class_=sqlmodel.Session)
+    sa_tenancy.install(factory, strategy=DoesNothing())
+    for models, table in ((SQLMODELS, "sm_shifts"), ([SMTeam, SMMember], "sm_teams")):
+        with pytest.raises(IsolationFailure) as caught:
+            tenancy_conformance(factory, models)
+        message = str(caught.value)
+        # The first write that collides ends the tenant's seeding: sm_shifts (composite
+        # str + int key) comes first in dependency order, then sm_teams (UUID key).
+        assert f"could not write row 1 of {table!r} to its empty schema (UniqueViolation)" in (
+            message
+        )
+        assert "read 1 row(s) from 'sm_teams', marked ['public-decoy']" in message
+
+
 def test_check_isolation_directly(pg_tenants, pg_url):
     a, b = pg_tenants(tenant_metadata, 2)
     factory = sessionmaker(create_engine(pg_url))
