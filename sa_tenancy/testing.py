@@ -28,8 +28,10 @@ connection), ``pg_tenants`` (make tenant schemas), and ``mysql_url``, ``mysql_en
 The isolation conformance kit: ``tenancy_conformance(SessionLocal, [Model, ...])`` makes two
 tenant schemas with the models' tables (identical primary keys, decoys in ``public``) and runs
 :func:`sa_tenancy.conformance.check_isolation` against *your* session factory and models:
-commit, rollback, database error, ``AUTOCOMMIT`` engine and async sessions, all on a
-``pool_size=1`` engine. It fails the test with a message naming what leaked::
+commit, rollback, database error, two tenant sessions at once on one connection, a
+``Connection`` after a session bound to it, a ``TEMP`` table across tenants, ``AUTOCOMMIT``
+engine and async sessions, on a ``pool_size=1`` engine. It fails the test with a message naming
+what leaked::
 
     # conftest.py of your project (or: pytest -p sa_tenancy.testing)
     pytest_plugins = ["sa_tenancy.testing"]
@@ -64,6 +66,9 @@ from sqlalchemy.engine import Engine
 from ._cluster import Cluster
 from ._cluster import find_pg_bin
 from .conformance import ConformanceReport
+from .conformance import _base_type
+from .conformance import _key_for
+from .conformance import _python_type
 from .conformance import check_isolation
 
 __all__ = ["DatabaseUnavailable", "TenantFactory", "unique_name", "url_for_driver"]
@@ -352,15 +357,17 @@ def _decoy_row(table: Any) -> dict[str, Any] | None:
     """A row for ``table`` with every string column set to the decoy marker, if one fits."""
     row: dict[str, Any] = {}
     for column in table.columns:
-        python_type: Any
-        try:
-            python_type = column.type.python_type
-        except NotImplementedError:
-            python_type = None
+        # Under any TypeDecorator: SQLModel's AutoString says python_type object, wraps String.
+        python_type = _python_type(column)
         if column.primary_key and python_type is int:
             row[column.name] = 1
+        elif column.primary_key and not column.foreign_keys:
+            # "1", UUID(int=1), ...: row 1's key, as the conformance kit writes it in each
+            # tenant, so a tenant write that falls through to the default schema collides.
+            row[column.name] = _key_for(column)
         elif python_type is str:
-            row[column.name] = DECOY
+            length = getattr(_base_type(column), "length", None)
+            row[column.name] = DECOY[:length] if length else DECOY
         elif column.foreign_keys or (
             not column.nullable and column.server_default is None and column.default is None
         ):
