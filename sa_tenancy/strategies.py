@@ -183,6 +183,27 @@ _SHARED_NAMES = text(
 ).execution_options(**{ALLOW_RAW_SQL: True})
 
 
+def give_back_map(connection: Connection) -> str | None:
+    """Put back the translate map and compiled cache a tenant replaced on ``connection``.
+
+    :returns: the tenant whose map was removed, or None if the Connection carried none.
+    """
+    options = connection.get_execution_options()
+    saved = options.get(SAVED_MAP_OPTION)
+    schema: str | None = options.get(TENANT_OPTION)
+    if saved is None:
+        return schema
+    previous_map, previous_cache = saved
+    if previous_cache is _ENGINE_DEFAULT:
+        previous_cache = connection.engine._compiled_cache
+    connection.execution_options(
+        schema_translate_map=previous_map,
+        compiled_cache=previous_cache,
+        **{TENANT_OPTION: None, SAVED_MAP_OPTION: None},
+    )
+    return schema
+
+
 class TranslateMap:
     """SQLAlchemy's ``schema_translate_map``, set in place on the transaction's connection.
 
@@ -245,16 +266,7 @@ class TranslateMap:
         options = connection.get_execution_options()
         dialect = connection.dialect.name
         if schema is None:
-            saved = options.get(SAVED_MAP_OPTION)
-            if saved is not None:
-                previous_map, previous_cache = saved
-                if previous_cache is _ENGINE_DEFAULT:
-                    previous_cache = connection.engine._compiled_cache
-                connection.execution_options(
-                    schema_translate_map=previous_map,
-                    compiled_cache=previous_cache,
-                    **{TENANT_OPTION: None, SAVED_MAP_OPTION: None},
-                )
+            give_back_map(connection)
             if dialect == "postgresql":
                 _pgpath.restore(connection)
             return

@@ -88,9 +88,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.pool import PoolProxiedConnection
 
+from ._keys import TENANT_OPTION as _TENANT_OPTION
 from .exc import TenancyError
-from .strategies import _PREVIOUS_MAP_OPTION
-from .strategies import _TENANT_OPTION
+from .strategies import give_back_map
 
 __all__ = ["LeakDetector", "PoolLeak", "verify_checkin"]
 
@@ -236,15 +236,10 @@ class LeakDetector:
         record.invalidate()
 
     def _tenant_map_leak(self, connection: Connection, where: str) -> str | None:
-        options = connection.get_execution_options()
-        schema = options.get(_TENANT_OPTION)
+        # Put back the map the tenant's replaced, so this Connection serves no tenant any more.
+        schema = give_back_map(connection)
         if schema is None:
             return None
-        # Put back the map the tenant's replaced, so this Connection serves no tenant any more.
-        connection.execution_options(
-            schema_translate_map=options.get(_PREVIOUS_MAP_OPTION),
-            **{_TENANT_OPTION: None, _PREVIOUS_MAP_OPTION: None},
-        )
         message = f"{where} carries the translate map of tenant {schema!r}; it was removed"
         self._leak(message)
         return message
