@@ -48,6 +48,7 @@ def test_plain_sqlmodel_session_beside_an_installed_factory(pg_engine, two_tenan
     with SessionLocal(info={"schema": a}) as session:
         assert isinstance(session, sqlmodel.Session)
         assert session.scalars(select(Note.body)).all() == ["tenant a"]
+        assert session.exec(sqlmodel.select(Note.body)).all() == ["tenant a"]  # SQLModel's API
     # A plain SQLModel session, another factory on the same class, and a session of the class
     # the factory was built on: no tenant applied, no SchemaRequired, the default schema.
     assert plain_bodies(sqlmodel.Session(pg_engine)) == [DECOY]
