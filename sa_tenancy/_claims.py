@@ -8,6 +8,10 @@ transaction that applies a tenant *claims* the DBAPI connection, in the pool ent
 transactions relying on it. Another tenant's session (or one without a tenant) is refused while
 the claim has live holders; sessions of the same tenant share it.
 
+The same module keeps a session's own bookkeeping (:class:`State`, a private attribute of the
+session, never in ``session.info``) and the checks that refuse a tenant change while a session
+still holds the old tenant (:func:`check_switch`, :func:`check_current`).
+
 Holders are held weakly: a session dropped without being closed must not keep its transaction,
 its ``Connection`` or its pool slot alive through the claim.
 """
@@ -29,6 +33,8 @@ from sqlalchemy.pool import StaticPool
 from ._guard import ensure_guard
 from ._keys import CLAIM
 from ._keys import REFUSED_OPTION
+from .exc import SchemaSwitchError
+from .exc import TenancyError
 
 __all__ = [
     "FAILED",
@@ -36,11 +42,13 @@ __all__ = [
     "STATE_ATTR",
     "Claim",
     "State",
+    "check_current",
+    "check_switch",
     "disable",
+    "holds_other_tenant",
     "orphan",
     "owned",
     "same",
-    "state_of",
     "watch_sharing_pool",
 ]
 
@@ -115,11 +123,6 @@ def owned(transaction: SessionTransaction, connection: Connection) -> bool:
     return bool(entry is not None and entry[3])
 
 
-def state_of(session: Session) -> State | None:
-    state: State | None = session.__dict__.get(STATE_ATTR)
-    return state
-
-
 def disable(connection: Connection, others: list[State], why: str) -> None:
     """Make ``connection`` unusable for the refused session, sparing the other sessions."""
     if not others:
@@ -174,3 +177,71 @@ def _on_reset(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
                 "another user of this shared database connection (StaticPool) "
                 "returned it to the pool, which rolled the transaction back",
             )
+
+
+# -- a session's tenant may change only while it holds nothing of the old one -------------------
+
+
+def holds_other_tenant(session: Session, state: State | None, tenant: object) -> bool:
+    """Whether the identity map holds objects loaded for another tenant than ``tenant``."""
+    return (
+        state is not None
+        and state.loaded is not NOTHING
+        and not same(tenant, state.loaded)
+        and len(session.identity_map) > 0
+    )
+
+
+def check_switch(session: Session, info: Any, new: object, key: str) -> None:
+    """Refuse a change of ``session.info[key]`` while the session holds the old tenant.
+
+    Called by the guarded ``info`` dict before the write: in a transaction that applied a
+    tenant, with objects loaded for another tenant (``session.get()`` would answer from the
+    identity map with no SQL), or with pending objects added for the current one.
+    """
+    current = None if info is None else info.get(key)
+    if same(new, current):
+        return
+    state: State | None = session.__dict__.get(STATE_ATTR)
+    if state is not None and state.transaction is not None:
+        raise SchemaSwitchError(
+            f"session.info[{key!r}] cannot change from {current!r} to {new!r} in "
+            f"the middle of a transaction that serves {state.schema!r}; commit or roll back "
+            "first, then close the session (better: one session per tenant)"
+        )
+    if holds_other_tenant(session, state, new):
+        assert state is not None
+        raise SchemaSwitchError(
+            f"session.info[{key!r}] cannot change to {new!r} while the identity "
+            f"map holds {len(session.identity_map)} object(s) loaded for {state.loaded!r} "
+            "(session.get() would return them with no SQL); call session.close() or "
+            "session.expunge_all() first (better: one session per tenant)"
+        )
+    if current is not None and (session.new or session.deleted):
+        raise SchemaSwitchError(
+            f"session.info[{key!r}] cannot change from {current!r} to {new!r} "
+            "while the session holds pending objects added for it; flush or expunge them "
+            "first (better: one session per tenant)"
+        )
+
+
+def check_current(session: Session, key: str) -> None:
+    """At each execute and flush: the transaction's begin succeeded and its tenant stands."""
+    state: State | None = session.__dict__.get(STATE_ATTR)
+    if state is None or state.transaction is None:
+        return  # no transaction begun yet: after_begin will apply the current tenant
+    if state.transaction is not session.get_transaction():
+        return
+    if state.schema is FAILED:
+        raise TenancyError(
+            "this transaction could not apply its tenant (see the earlier error); "
+            "call session.rollback() or session.close() before using the session again"
+        )
+    info = session.__dict__.get("info")
+    current = None if info is None else info.get(key)
+    if not same(current, state.raw) and not same(current, state.schema):
+        raise SchemaSwitchError(
+            f"session.info[{key!r}] changed to {current!r} in the middle of a "
+            f"transaction that serves {state.schema!r}; commit or roll back first, then "
+            "close the session (better: one session per tenant)"
+        )

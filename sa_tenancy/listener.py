@@ -58,11 +58,13 @@ from sqlalchemy.orm import SessionTransaction
 from . import _targets
 from ._auto import resolve_strategy
 from ._claims import FAILED
-from ._claims import NOTHING
 from ._claims import STATE_ATTR
 from ._claims import Claim
 from ._claims import State
+from ._claims import check_current
+from ._claims import check_switch
 from ._claims import disable
+from ._claims import holds_other_tenant
 from ._claims import orphan
 from ._claims import owned as owned_by_session
 from ._claims import same
@@ -134,12 +136,7 @@ class Installation:
                     f"session.info[{self.info_key!r}] is {schema!r} but this transaction "
                     f"already serves {state.schema!r}; do not change the tenant mid-transaction"
                 )
-            if (
-                first
-                and state.loaded is not NOTHING
-                and not same(schema, state.loaded)
-                and len(session.identity_map)
-            ):
+            if first and holds_other_tenant(session, state, schema):
                 raise SchemaSwitchError(
                     f"the session's tenant changed from {state.loaded!r} to {schema!r} while its "
                     f"identity map holds {len(session.identity_map)} object(s) loaded for "
@@ -269,61 +266,13 @@ class Installation:
         return self.names.validate(raw)
 
     def _check_switch(self, session: Session, info: Mapping[Any, Any] | None, new: object) -> None:
-        """Refuse a change of ``session.info[info_key]`` while the session holds the old tenant."""
-        current = None if info is None else info.get(self.info_key)
-        if same(new, current):
-            return
-        state: State | None = session.__dict__.get(STATE_ATTR)
-        if state is not None and state.transaction is not None:
-            raise SchemaSwitchError(
-                f"session.info[{self.info_key!r}] cannot change from {current!r} to {new!r} in "
-                f"the middle of a transaction that serves {state.schema!r}; commit or roll back "
-                "first, then close the session (better: one session per tenant)"
-            )
-        if (
-            state is not None
-            and state.loaded is not NOTHING
-            and not same(new, state.loaded)
-            and len(session.identity_map)
-        ):
-            raise SchemaSwitchError(
-                f"session.info[{self.info_key!r}] cannot change to {new!r} while the identity "
-                f"map holds {len(session.identity_map)} object(s) loaded for {state.loaded!r} "
-                "(session.get() would return them with no SQL); call session.close() or "
-                "session.expunge_all() first (better: one session per tenant)"
-            )
-        if current is not None and (session.new or session.deleted):
-            raise SchemaSwitchError(
-                f"session.info[{self.info_key!r}] cannot change from {current!r} to {new!r} "
-                "while the session holds pending objects added for it; flush or expunge them "
-                "first (better: one session per tenant)"
-            )
-
-    def _check_current(self, session: Session) -> None:
-        state: State | None = session.__dict__.get(STATE_ATTR)
-        if state is None or state.transaction is None:
-            return  # no transaction begun yet: after_begin will apply the current tenant
-        if state.transaction is not session.get_transaction():
-            return
-        if state.schema is FAILED:
-            raise TenancyError(
-                "this transaction could not apply its tenant (see the earlier error); "
-                "call session.rollback() or session.close() before using the session again"
-            )
-        info = session.__dict__.get("info")
-        current = None if info is None else info.get(self.info_key)
-        if not same(current, state.raw) and not same(current, state.schema):
-            raise SchemaSwitchError(
-                f"session.info[{self.info_key!r}] changed to {current!r} in the middle of a "
-                f"transaction that serves {state.schema!r}; commit or roll back first, then "
-                "close the session (better: one session per tenant)"
-            )
+        check_switch(session, info, new, self.info_key)
 
     def _do_orm_execute(self, orm_execute_state: ORMExecuteState) -> None:
-        self._check_current(orm_execute_state.session)
+        check_current(orm_execute_state.session, self.info_key)
 
     def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
-        self._check_current(session)
+        check_current(session, self.info_key)
 
     # -- life cycle --------------------------------------------------------------------------
 
