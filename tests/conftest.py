@@ -82,3 +82,27 @@ def pg_example_tenants(pg_url: str) -> Iterator[list[str]]:
                 sa_tenancy.drop_tenant(engine, name)
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:
+    """A PostgreSQL engine for lifecycle tests (modules with their own ``engine`` override it)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_url, pool_size=2, max_overflow=4)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def cleanup(engine: Engine) -> Iterator[list[str]]:
+    """Schemas named here are dropped after the test, whatever state they are in."""
+    from sa_tenancy import _ledger
+
+    names: list[str] = []
+    yield names
+    with engine.begin() as conn:
+        for name in names:
+            _ledger.execute_ddl(conn, f"DROP SCHEMA IF EXISTS {_ledger.ident(name)} CASCADE")
+            if _ledger.exists(conn):
+                _ledger.forget(conn, name)

@@ -15,7 +15,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 import sa_tenancy
-from sa_tenancy import _ledger
 from sa_tenancy.testing import unique_name
 
 from ._alembic_env import ALEMBIC_SCRIPT
@@ -73,25 +72,6 @@ MOVED = [
     "type span_multirange",
     "view big_orders",
 ]
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    engine = create_engine(pg_url, pool_size=2, max_overflow=2)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def cleanup(engine: Engine) -> Iterator[list[str]]:
-    """Schemas named here are dropped after the test, whatever state they are in."""
-    names: list[str] = []
-    yield names
-    with engine.begin() as conn:
-        for name in names:
-            _ledger.execute_ddl(conn, f"DROP SCHEMA IF EXISTS {_ledger.ident(name)} CASCADE")
-            if _ledger.exists(conn):
-                _ledger.forget(conn, name)
 
 
 @pytest.fixture

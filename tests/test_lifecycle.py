@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import Table
 from sqlalchemy import UniqueConstraint
-from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -35,25 +33,6 @@ from .models import tenant_metadata
 
 fleet_url = _alembic_env.fleet_url
 fleet_engine = _alembic_env.fleet_engine
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    engine = create_engine(pg_url, pool_size=2, max_overflow=4)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def cleanup(engine: Engine) -> Iterator[list[str]]:
-    """Schemas named here are dropped after the test, whatever state they are in."""
-    names: list[str] = []
-    yield names
-    with engine.begin() as conn:
-        for name in names:
-            _ledger.execute_ddl(conn, f"DROP SCHEMA IF EXISTS {_ledger.ident(name)} CASCADE")
-            if _ledger.exists(conn):
-                _ledger.forget(conn, name)
 
 
 def _schemas(engine: Engine, prefix: str) -> set[str]:
