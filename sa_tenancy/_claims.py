@@ -21,7 +21,6 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Transaction
 from sqlalchemy.orm import Session
@@ -30,6 +29,7 @@ from sqlalchemy.pool import Pool
 from sqlalchemy.pool import SingletonThreadPool
 from sqlalchemy.pool import StaticPool
 
+from ._events import listen_once
 from ._guard import ensure_guard
 from ._keys import CLAIM
 from ._keys import REFUSED_OPTION
@@ -161,8 +161,7 @@ def watch_sharing_pool(pool: Pool) -> None:
     """
     if not isinstance(pool, _SHARING_POOLS) or pool in _watched:
         return
-    if not event.contains(pool, "reset", _on_reset):
-        event.listen(pool, "reset", _on_reset)
+    listen_once(pool, "reset", _on_reset)
     _watched.add(pool)
 
 

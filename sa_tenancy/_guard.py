@@ -25,17 +25,15 @@ one of sa_tenancy's options: every other statement pays two dictionary lookups.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ReleaseSavepointClause
 from sqlalchemy.sql.elements import RollbackToSavepointClause
 from sqlalchemy.sql.elements import SavepointClause
 from sqlalchemy.sql.elements import TextClause
 
+from ._events import listen_once
 from ._keys import ALLOW_RAW_SQL
 from ._keys import CLAIM_OPTION
 from ._keys import REFUSED_OPTION
@@ -45,9 +43,7 @@ from .exc import SchemaSwitchError
 
 __all__ = ["ensure_guard"]
 
-_guarded: weakref.WeakSet[Engine] = weakref.WeakSet()
-_GUARDED = "_sa_tenancy_guarded"  # set in an engine's __dict__ once its root is guarded
-_lock = threading.Lock()
+_GUARDED = "_sa_tenancy_guarded"  # set in an engine's __dict__ once its dialect is guarded
 
 
 def _check(statement: str, context: Any) -> None:
@@ -111,16 +107,15 @@ _HOOKS = (
 
 
 def ensure_guard(engine: Engine) -> None:
-    """Register the guard on ``engine`` (once; an option engine shares its parent's dialect)."""
+    """Register the guard on ``engine``'s dialect, once.
+
+    The hooks live on the dialect, which an engine shares with its option engines
+    (``engine.execution_options(...)``); a marker in the engine's ``__dict__`` makes every
+    later call one dictionary lookup.
+    """
     if engine.__dict__.get(_GUARDED):
         return
-    root: Engine = getattr(engine, "_proxied", engine)
-    if root in _guarded:
-        engine.__dict__[_GUARDED] = True
-        return
-    with _lock:
-        for name, fn in _HOOKS:
-            if not event.contains(root, name, fn):
-                # insert=True: before any hook that executes the statement itself
-                event.listen(root, name, fn, insert=True)
-        _guarded.add(root)
+    for name, fn in _HOOKS:
+        # insert=True: before any hook that executes the statement itself
+        listen_once(engine.dialect, name, fn, insert=True)
+    engine.__dict__[_GUARDED] = True

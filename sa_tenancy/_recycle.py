@@ -16,15 +16,15 @@ tenants, and it is never replaced in the middle of a transaction. SQLAlchemy cle
 
 from __future__ import annotations
 
-import threading
 import weakref
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.pool import Pool
 
+from ._events import listen_once
+from ._events import remove
 from ._keys import SERVED
 from .exc import TenancyError
 
@@ -41,8 +41,7 @@ class TenantLimit:
                 f"not {limit!r}"
             )
         self.limit = limit
-        self._pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._pools: weakref.WeakSet[Pool] = weakref.WeakSet()  # a fast path, not the record
 
     def served(self, connection: Connection, schema: str) -> None:
         """Count ``schema`` as served by the DBAPI connection of ``connection``."""
@@ -53,10 +52,8 @@ class TenantLimit:
         tenants.add(schema)
         pool = connection.engine.pool
         if pool not in self._pools:
-            with self._lock:
-                if not event.contains(pool, "checkin", self._on_checkin):
-                    event.listen(pool, "checkin", self._on_checkin)
-                self._pools.add(pool)
+            listen_once(pool, "checkin", self._on_checkin)
+            self._pools.add(pool)
 
     def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         if dbapi_connection is not None and len(record.info.get(SERVED, ())) >= self.limit:
@@ -65,8 +62,7 @@ class TenantLimit:
     def remove(self) -> None:
         """Stop replacing connections (``uninstall()``)."""
         for pool in list(self._pools):
-            if event.contains(pool, "checkin", self._on_checkin):
-                event.remove(pool, "checkin", self._on_checkin)
+            remove(pool, "checkin", self._on_checkin)
         self._pools.clear()
 
     def __repr__(self) -> str:

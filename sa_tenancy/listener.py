@@ -69,6 +69,7 @@ from ._claims import orphan
 from ._claims import owned as owned_by_session
 from ._claims import same
 from ._claims import watch_sharing_pool
+from ._events import remove as remove_listener
 from ._guard import ensure_guard
 from ._info import info_property
 from ._keys import CLAIM
@@ -297,8 +298,7 @@ class Installation:
         if self.session_class.__dict__.get(_targets.INSTALLATION_ATTR) is not self:
             return
         for name, fn in self._listeners.items():
-            if event.contains(self.session_class, name, fn):
-                event.remove(self.session_class, name, fn)
+            remove_listener(self.session_class, name, fn)
         delattr(self.session_class, _targets.INSTALLATION_ATTR)
         if isinstance(self.session_class.__dict__.get("info"), property):
             del self.session_class.info

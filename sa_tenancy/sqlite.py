@@ -25,18 +25,15 @@ By default the tenant files live beside the main database file (``sqlite:///data
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.pool import Pool
 
 from ._dialect_names import check_sqlite_file
 from ._dialect_names import check_sqlite_name
+from ._events import listen_once
 from ._keys import SQLITE_ATTACHED
 from ._lifecycle_sqlite import APPLICATION_ID
 from ._lifecycle_sqlite import is_marked
@@ -45,9 +42,6 @@ from .exc import UnknownSchema
 from .strategies import TranslateMap
 
 __all__ = ["SQLiteFiles", "tenant_file"]
-
-_cleaned_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-_lock = threading.Lock()
 
 
 def tenant_file(
@@ -97,15 +91,6 @@ def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         _clean(dbapi_connection, record.info)
     except Exception:
         record.invalidate()  # unknown state: never hand it out again
-
-
-def _clean_on_checkin(pool: Pool) -> None:
-    if pool in _cleaned_pools:
-        return
-    with _lock:
-        if not event.contains(pool, "checkin", _on_checkin):
-            event.listen(pool, "checkin", _on_checkin)
-        _cleaned_pools.add(pool)
 
 
 class SQLiteFiles(TranslateMap):
@@ -172,7 +157,7 @@ class SQLiteFiles(TranslateMap):
                 "cannot attach the tenant's SQLite file inside a transaction that is already "
                 "open; do not emit BEGIN before the session's first statement"
             )
-        _clean_on_checkin(connection.engine.pool)
+        listen_once(connection.engine.pool, "checkin", _on_checkin)  # before anything is attached
         _clean(dbapi, pooled.info)
         _run(dbapi, f"ATTACH DATABASE ? AS {_quote(schema)}", (str(path),))
         pooled.info[SQLITE_ATTACHED] = (schema, path)

@@ -88,6 +88,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.pool import PoolProxiedConnection
 
+from ._events import remove as remove_listener
 from ._keys import TENANT_OPTION as _TENANT_OPTION
 from .exc import TenancyError
 from .strategies import give_back_map
@@ -328,9 +329,9 @@ class LeakDetector:
             (self.engine.pool, "checkin", self._on_checkin),
             (self.engine, "engine_connect", self._on_engine_connect),
             (self.engine, "begin", self._on_begin),
-            (self.engine, "do_execute", self._do_execute),
-            (self.engine, "do_execute_no_params", self._do_execute_no_params),
-            (self.engine, "do_executemany", self._do_execute),
+            (self.engine.dialect, "do_execute", self._do_execute),
+            (self.engine.dialect, "do_execute_no_params", self._do_execute_no_params),
+            (self.engine.dialect, "do_executemany", self._do_execute),
         ]
         for target, name, fn in listeners:
             # insert=True on the dialect hooks: before any hook that runs the statement itself.
@@ -341,8 +342,7 @@ class LeakDetector:
     def remove(self) -> None:
         """Stop verifying. Idempotent."""
         for target, name, fn in self._listeners:
-            if event.contains(target, name, fn):
-                event.remove(target, name, fn)
+            remove_listener(target, name, fn)
         self._listeners.clear()
         if self.engine.pool.__dict__.get("_sa_tenancy_leak_detector") is self:
             del self.engine.pool.__dict__["_sa_tenancy_leak_detector"]
