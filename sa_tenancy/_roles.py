@@ -190,7 +190,8 @@ def check_login(connection: Connection) -> None:
 def missing_role(error: sa_exc.DBAPIError, role: str, tenant: str) -> TenantRoleMissing | None:
     """The :class:`TenantRoleMissing` that a failed ``SET ROLE`` means, or None."""
     code = getattr(error.orig, "sqlstate", None)
-    if code == "42704":  # undefined_object
+    # SET ROLE says undefined_object; set_config('role', ...) invalid_parameter_value.
+    if code in ("42704", "22023"):
         why = "does not exist"
     elif code == "42501":  # insufficient_privilege
         why = "is not granted to the login role"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
+from . import _cli_roles
 from . import _namespace
 from . import _templates
 from . import lifecycle
@@ -46,18 +47,20 @@ def _cmd_create(args: argparse.Namespace) -> int:
     metadata = load_metadata(args.metadata) if args.metadata else None
     config = None if template or args.claim else config_of(args, required=False)
     ns = namespace_of(args)
+    roles = _cli_roles.roles_of(args) if args.tenant_roles else False
     engine = engine_of(args)
     failed: dict[str, str] = {}
     made = []
     for name in names:
         try:
             if args.claim:
-                lifecycle.claim_tenant(engine, name, namespace=ns)
+                lifecycle.claim_tenant(engine, name, namespace=ns, tenant_roles=roles)
             elif template is not None:
-                lifecycle.clone_tenant(engine, template, name, data=args.data, namespace=ns)
+                lifecycle.clone_tenant(engine, template, name, data=args.data, namespace=ns,
+                                       tenant_roles=roles)  # fmt: skip
             else:
                 lifecycle.create_tenant(engine, name, metadata=metadata, alembic_config=config,
-                                        namespace=ns)  # fmt: skip
+                                        namespace=ns, tenant_roles=roles)  # fmt: skip
             made.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
             failed[name] = message_of(error)
@@ -263,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim", action="store_true", help="claim spare schemas from the reservoir")
     p.add_argument("--metadata", metavar="MODULE:ATTR", help="MetaData to create tables from")
     p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
+    p.add_argument("--tenant-roles", action="store_true", help="also make each tenant's role")
+    _cli_roles.add_role_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_create)
 
@@ -320,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_reservoir)
+    _cli_roles.add_parser(sub, common)
     return parser
 
 
