@@ -190,15 +190,24 @@ def test_tenant_reads_and_writes_its_own_tables(fleet, factory):
         session.commit()
 
 
-def test_raw_sql_naming_another_schema_is_refused_by_the_server(fleet, factory, pg_engine):
+def test_raw_sql_naming_another_schema_is_refused_by_the_server(fleet, factory, pg_engine, login):
     a, b = fleet(2)
+    targets = (f'"{b}".notes', "public.rt_decoy", "sa_tenancy.tenant_versions")
     with pg_engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS public.rt_decoy (x int)")
+        # The login role itself may read all of them, as a typical application role can.
+        conn.exec_driver_sql(
+            f'GRANT USAGE ON SCHEMA "{b}", sa_tenancy TO "{login}"; '
+            f'GRANT SELECT ON {", ".join(targets)} TO "{login}"'
+        )
     try:
-        for target in (f'"{b}".notes', "public.rt_decoy", "sa_tenancy.tenant_versions"):
+        for target in targets:
+            query = text(f"SELECT count(*) FROM {target}").execution_options(**RAW)
+            with factory() as session:  # no tenant: the login role reads it (the control)
+                session.execute(query)
             with factory(info={"schema": a}) as session:
                 with pytest.raises(sa_exc.ProgrammingError) as caught:
-                    session.execute(text(f"SELECT * FROM {target}").execution_options(**RAW))
+                    session.execute(query)
                 assert _sqlstate(caught.value) == "42501", target  # insufficient_privilege
     finally:
         with pg_engine.begin() as conn:
