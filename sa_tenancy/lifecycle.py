@@ -121,6 +121,13 @@ def _pg_only(bind: Engine, what: str) -> None:
         raise TenancyError(f"{what} is supported on PostgreSQL only, not {bind.dialect.name}")
 
 
+def _roles_for(bind: Engine, tenant_roles: bool | TenantRoles) -> TenantRoles | None:
+    roles = _roles.resolve(tenant_roles)
+    if roles is not None:
+        _pg_only(bind, "tenant_roles")
+    return roles
+
+
 def create_tenant(
     bind: Engine,
     schema: str,
@@ -166,9 +173,7 @@ def create_tenant(
     dialect = bind.dialect.name
     if dialect not in ("postgresql", "sqlite", *_MYSQL):
         raise _unsupported(bind, "create_tenant")
-    roles = _roles.resolve(tenant_roles)
-    if roles is not None:
-        _pg_only(bind, "tenant_roles")
+    roles = _roles_for(bind, tenant_roles)
     if dialect == "sqlite":
         _sqlite.make_directories(bind, directory)
     if schema in _list(bind, directory, only=schema, namespace=ns):
@@ -330,9 +335,7 @@ def drop_tenant(
     ns = _namespace.check(namespace)
     schema = _tenant(bind, schema, names, directory)
     dialect = bind.dialect.name
-    roles = _roles.resolve(tenant_roles)
-    if roles is not None:
-        _pg_only(bind, "tenant_roles")
+    roles = _roles_for(bind, tenant_roles)
     if dialect == "postgresql":
         _pg.drop(bind, schema, batch_size=batch_size, at_once=_DROP_AT_ONCE, namespace=ns,
                  roles=roles)  # fmt: skip

@@ -577,3 +577,78 @@ def statements_of() -> Iterator[Callable[[Engine], object]]:
     yield hook
     for engine, log in hooked:
         event.remove(engine, "before_cursor_execute", log)
+
+
+def test_lifecycle_as_a_createrole_owner_without_superuser(fleet_url, fleet_engine, login):
+    """The managed-service shape: lifecycle as an owner with CREATEROLE, the app as a login."""
+    owner = unique_name("own")
+    database = make_url(fleet_url).database
+    with fleet_engine.begin() as conn:
+        conn.exec_driver_sql(
+            f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER CREATEROLE; '
+            f'GRANT CREATE ON DATABASE "{database}" TO "{owner}"'
+        )
+    owner_engine = create_engine(make_url(fleet_url).set(username=owner).render_as_string(False))
+    app = create_engine(make_url(fleet_url).set(username=login).render_as_string(False))
+    roles = TenantRoles(grant_to=login)
+    a, b = unique_name("rt"), unique_name("rt")
+    try:
+        sa_tenancy.create_tenant(owner_engine, a, metadata=tenant_metadata, tenant_roles=roles)
+        made = sessionmaker(app)
+        sa_tenancy.install(made, tenant_roles=True)
+        with made(info={"schema": a}) as session:
+            session.add(Note(id=1, body="x"))
+            session.commit()
+        sa_tenancy.rename_tenant(owner_engine, a, b, tenant_roles=roles)
+        with made(info={"schema": b}) as session:
+            assert session.execute(CURRENT_USER).scalar() == tenant_role(b)
+            assert session.scalars(select(Note.body)).all() == ["x"]
+        sa_tenancy.drop_tenant(owner_engine, b, tenant_roles=roles)
+        assert not _exists(fleet_engine, tenant_role(b))
+    finally:
+        app.dispose()
+        owner_engine.dispose()
+        with fleet_engine.begin() as conn:
+            for role in (tenant_role(a), tenant_role(b), owner):
+                _drop_role(conn, role)
+
+
+def test_tenant_roles_settings_are_validated_before_any_sql():
+    with pytest.raises(sa_tenancy.InvalidSchemaName):
+        TenantRoles(prefix="Bad_")
+    with pytest.raises(sa_tenancy.TenancyError):
+        TenantRoles(shared_schemas="shared")  # type: ignore[arg-type]
+    with pytest.raises(sa_tenancy.TenancyError):
+        TenantRoles(grant_to="")
+    with pytest.raises(sa_tenancy.TenancyError):
+        sa_tenancy.install(sessionmaker(), tenant_roles="yes")  # type: ignore[arg-type]
+
+
+def test_asyncpg_sets_the_role_with_an_ordinary_statement(fleet, app_url, login):
+    pytest.importorskip("greenlet")
+    pytest.importorskip("asyncpg")
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from sa_tenancy.testing import url_for_driver
+
+    (a,) = fleet(1)
+    (bare,) = fleet(1, roles=False)
+
+    async def main() -> None:
+        engine = create_async_engine(url_for_driver(app_url, "asyncpg"), pool_size=1)
+        made = async_sessionmaker(engine)
+        sa_tenancy.install(made, tenant_roles=True)
+        try:
+            async with made(info={"schema": a}) as session:
+                assert (await session.execute(CURRENT_USER)).scalar() == tenant_role(a)
+                assert (await session.scalars(select(Note.body))).all() == [a]
+            async with engine.connect() as conn:
+                assert (await conn.execute(text("SELECT current_user"))).scalar() == login
+            with pytest.raises(sa_tenancy.TenantRoleMissing):
+                async with made(info={"schema": bare}) as session:
+                    await session.execute(CURRENT_USER)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
