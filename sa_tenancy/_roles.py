@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -137,7 +138,7 @@ class TenantRoles:
 
     prefix: str = DEFAULT_ROLE_PREFIX
     grant_to: str | None = None
-    shared_schemas: tuple[str, ...] = field(default=())
+    shared_schemas: Sequence[str] = field(default=())
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
