@@ -617,7 +617,7 @@ def test_tenant_roles_settings_are_validated_before_any_sql():
     with pytest.raises(sa_tenancy.InvalidSchemaName):
         TenantRoles(prefix="Bad_")
     with pytest.raises(sa_tenancy.TenancyError):
-        TenantRoles(shared_schemas="shared")  # type: ignore[arg-type]
+        TenantRoles(shared_schemas="shared")
     with pytest.raises(sa_tenancy.TenancyError):
         TenantRoles(grant_to="")
     with pytest.raises(sa_tenancy.TenancyError):
