@@ -92,13 +92,22 @@ def grants(schema: str, role: str, settings: TenantRoles) -> list[str]:
 
 
 def ensure(conn: Connection, schema: str, settings: TenantRoles) -> str:
-    """Create the role of ``schema`` if needed, mark it, and (re)grant everything."""
+    """Create the role of ``schema`` if needed, mark it, and grant exactly what it needs.
+
+    An existing role first loses every privilege it has in this database (``DROP OWNED BY``,
+    which owns nothing: a tenant role cannot create in its schema), so a repair also removes
+    what it should not have.
+    """
     role = settings.role(schema)
     exists, ours = _role_state(conn, role)
     if exists and not ours:
         raise _not_ours(role, schema)
     statements = []
-    if not exists:
+    if exists:
+        # Start from nothing: a role left by an earlier tenant of this name (dropped or renamed
+        # without tenant_roles) still holds privileges, by OID, on that tenant's schema.
+        statements.append(f"DROP OWNED BY {ident(role)}")
+    else:
         database = conn.execute(text("SELECT current_database()")).scalar_one()
         statements += [
             f"CREATE ROLE {ident(role)} NOLOGIN",

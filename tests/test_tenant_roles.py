@@ -652,3 +652,18 @@ def test_asyncpg_sets_the_role_with_an_ordinary_statement(fleet, app_url, login)
             await engine.dispose()
 
     asyncio.run(main())
+
+
+def test_a_leftover_role_loses_its_old_privileges(fleet, factory, pg_engine):
+    """Renamed without tenant_roles, the old role keeps privileges on the renamed schema (by
+    OID); a new tenant of the old name must not inherit them."""
+    (a,) = fleet(1)
+    moved = unique_name("rt")
+    fleet.track(moved)
+    sa_tenancy.rename_tenant(pg_engine, a, moved)  # the role stays behind, still granted
+    sa_tenancy.create_tenant(pg_engine, a, metadata=tenant_metadata, tenant_roles=fleet.roles)
+    with factory(info={"schema": a}) as session:
+        assert session.scalars(select(Note.body)).all() == []
+        with pytest.raises(sa_exc.ProgrammingError) as caught:
+            session.execute(text(f'SELECT * FROM "{moved}".notes').execution_options(**RAW))
+        assert _sqlstate(caught.value) == "42501"
