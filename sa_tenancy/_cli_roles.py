@@ -39,6 +39,17 @@ def add_role_options(p: argparse.ArgumentParser) -> None:
                    help="a schema every tenant role may read (repeatable)")  # fmt: skip
 
 
+def add_tenant_roles_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """``--tenant-roles`` and the role options, for create, rename and drop."""
+    p.add_argument("--tenant-roles", action="store_true", help=f"also {what} each tenant's role")
+    add_role_options(p)
+
+
+def tenant_roles_of(args: argparse.Namespace) -> TenantRoles | bool:
+    """What ``tenant_roles=`` the command line asks for (False without ``--tenant-roles``)."""
+    return roles_of(args) if args.tenant_roles else False
+
+
 def roles_of(args: argparse.Namespace) -> TenantRoles:
     """The TenantRoles the options describe, validated before anything is sent."""
     try:

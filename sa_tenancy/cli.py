@@ -47,7 +47,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
     metadata = load_metadata(args.metadata) if args.metadata else None
     config = None if template or args.claim else config_of(args, required=False)
     ns = namespace_of(args)
-    roles = _cli_roles.roles_of(args) if args.tenant_roles else False
+    roles = _cli_roles.tenant_roles_of(args)
     engine = engine_of(args)
     failed: dict[str, str] = {}
     made = []
@@ -72,6 +72,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 def _cmd_drop(args: argparse.Namespace) -> int:
     names = checked_names(args.names)
     ns = namespace_of(args)
+    roles = _cli_roles.tenant_roles_of(args)
     if not args.yes:
         if not sys.stdin.isatty():
             fail("dropping tenants deletes their data: pass --yes to confirm")
@@ -85,7 +86,7 @@ def _cmd_drop(args: argparse.Namespace) -> int:
     dropped = []
     for name in names:
         try:
-            lifecycle.drop_tenant(engine, name, namespace=ns)
+            lifecycle.drop_tenant(engine, name, namespace=ns, tenant_roles=roles)
             dropped.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
             failed[name] = message_of(error)
@@ -97,9 +98,10 @@ def _cmd_drop(args: argparse.Namespace) -> int:
 def _cmd_rename(args: argparse.Namespace) -> int:
     old, new = checked_names([args.old, args.new])
     ns = namespace_of(args)
+    roles = _cli_roles.tenant_roles_of(args)
     engine = engine_of(args)
     try:
-        lifecycle.rename_tenant(engine, old, new, namespace=ns)
+        lifecycle.rename_tenant(engine, old, new, namespace=ns, tenant_roles=roles)
     except (TenancyError, sa_exc.DBAPIError) as error:
         emit(args, {"renamed": None, "failed": {old: message_of(error)}},
               [f"FAILED {old}: {message_of(error)}"])  # fmt: skip
@@ -266,20 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim", action="store_true", help="claim spare schemas from the reservoir")
     p.add_argument("--metadata", metavar="MODULE:ATTR", help="MetaData to create tables from")
     p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
-    p.add_argument("--tenant-roles", action="store_true", help="also make each tenant's role")
-    _cli_roles.add_role_options(p)
+    _cli_roles.add_tenant_roles_flag(p, "make")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_create)
 
     p = sub.add_parser("drop", parents=[common], help="drop tenants and their data")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _cli_roles.add_tenant_roles_flag(p, "drop")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_drop)
 
     p = sub.add_parser("rename", parents=[common], help="rename a tenant")
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
+    _cli_roles.add_tenant_roles_flag(p, "rename")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_rename)
 

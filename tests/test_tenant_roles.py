@@ -473,6 +473,15 @@ def test_cli_roles_sync_and_create(fleet, factory, pg_url, capsys):
     with factory(info={"schema": new}) as session:
         assert session.execute(CURRENT_USER).scalar() == tenant_role(new)
     assert main(["roles", "sync", "--url", pg_url, "--tenant", "no_such_tenant_x"]) == 1
+    assert main(["roles", "sync", "--url", pg_url, "--role-prefix", "Bad"]) == 2
+    renamed = unique_name("rt")
+    fleet.track(renamed)
+    assert main(["rename", "--url", pg_url, "--tenant-roles", *grant, new, renamed]) == 0
+    assert _exists(fleet.engine, tenant_role(renamed)) and not _exists(
+        fleet.engine, tenant_role(new)
+    )
+    assert main(["drop", "--url", pg_url, "--yes", "--tenant-roles", renamed]) == 0
+    assert not _exists(fleet.engine, tenant_role(renamed))
 
 
 # -- PgBouncer and async -------------------------------------------------------------------------
