@@ -316,7 +316,7 @@ def _claim(bind: Engine, schema: str, namespace: str, roles: TenantRoles | None)
         "namespace (or create_tenant()) first"
     )
     # Four round trips in all (BEGIN, take a spare, rename + mark + record, COMMIT): a signup
-    # pays for these and nothing else.
+    # pays for these and nothing else (plus the role's rename and grants with tenant_roles).
     with bind.begin() as conn:
         try:
             row = conn.execute(

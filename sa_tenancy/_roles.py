@@ -70,6 +70,7 @@ __all__ = [
 DEFAULT_ROLE_PREFIX = "sa_"
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}_")
 _MAX_BYTES = 63
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = 32
 #: pool entry info: the login role of this DBAPI connection was checked (not a superuser).
 LOGIN_CHECKED = "sa_tenancy_login_checked"
@@ -148,8 +149,11 @@ class TenantRoles:
             )
         shared = tuple(validate_extra_schema(s) for s in self.shared_schemas)
         object.__setattr__(self, "shared_schemas", shared)
-        if self.grant_to is not None and (not isinstance(self.grant_to, str) or not self.grant_to):
-            raise TenancyError("grant_to must be a role name (a non-empty str) or None")
+        grant_to = self.grant_to
+        if grant_to is not None and (
+            not isinstance(grant_to, str) or not grant_to or _CONTROL.search(grant_to)
+        ):
+            raise TenancyError(f"grant_to must be a role name or None, not {grant_to!r}")
 
     def role(self, schema: str) -> str:
         """The role of tenant ``schema``."""

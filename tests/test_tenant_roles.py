@@ -62,7 +62,13 @@ _names = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00"),
     min_size=1,
     max_size=63,
-).filter(lambda n: len(n.encode()) <= 63 and not n.lower().startswith("pg_"))
+).filter(
+    lambda n: (
+        len(n.encode()) <= 63
+        and not n.lower().startswith("pg_")
+        and n.lower() not in ("public", "information_schema", "pg_catalog", "pg_toast")
+    )
+)
 _near_limit = st.builds(
     lambda stem, tail: (stem + tail)[:63], st.sampled_from(["a" * 55, "é" * 28]), _names
 ).filter(lambda n: len(n.encode()) <= 63)
