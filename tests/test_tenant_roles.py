@@ -493,7 +493,7 @@ def test_cli_roles_sync_and_create(fleet, factory, pg_url, capsys):
 # -- PgBouncer and async -------------------------------------------------------------------------
 
 
-def test_pgbouncer_transaction_mode_never_keeps_a_role(fleet, pg_url, login, app_url):
+def test_pgbouncer_transaction_mode_never_keeps_a_role(fleet, pg_url, login, app_url, strategy):
     from sa_tenancy._pgbouncer import PgBouncer
     from sa_tenancy._pgbouncer import engine_options
     from sa_tenancy._pgbouncer import find_pgbouncer
@@ -512,7 +512,7 @@ def test_pgbouncer_transaction_mode_never_keeps_a_role(fleet, pg_url, login, app
         try:
             factories = [sessionmaker(e) for e in engines]
             for made in factories:
-                sa_tenancy.install(made, tenant_roles=True)
+                sa_tenancy.install(made, strategy=strategy, tenant_roles=True)
             pids = set()
             for i in range(20):
                 made, schema = factories[i % 2], (a, b)[(i // 3) % 2]
