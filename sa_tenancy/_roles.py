@@ -19,7 +19,8 @@ server that both have a tenant ``acme`` need different prefixes (``TenantRoles(p
 (the role's comment records it).
 
 **At begin**, ``SET LOCAL ROLE`` travels in the same message as the tenant's path on psycopg
-(no round trip more); elsewhere ``set_config('role', :role, true)`` runs before the path
+(no round trip more, except in the first tenant transaction of each pooled connection, which
+checks the login role first); elsewhere ``set_config('role', :role, true)`` runs before the path
 statement (checked on PostgreSQL 15: the same transaction-scoped effect, the same membership
 check). ``COMMIT`` and ``ROLLBACK`` bring the login role back, so a pooled connection, or a
 PgBouncer server connection in transaction mode, never keeps a tenant's role. A role that does
