@@ -19,6 +19,10 @@ Candidates, each on its own engine with one pooled connection, same code, same d
     ``sa_tenancy.install(SessionLocal, strategy=...)``; each transaction names the next tenant
     round-robin over 1, 10 or 1,000 tenant schemas.
 
+``search_path_roles`` / ``translate_map_roles`` (``--tenant-roles``)
+    the same with ``tenant_roles=True``: each transaction also runs as the tenant's role. All
+    candidates then connect as a non-superuser login role made for the run.
+
 Drivers: psycopg 3 (sync), psycopg 3 async and asyncpg. Candidates run interleaved in the same
 process (see :mod:`benchmarks._harness`), so the ratio to ``plain`` is the result.
 
@@ -26,12 +30,14 @@ Run::
 
     python -m benchmarks overhead --dburl postgresql+psycopg://postgres@127.0.0.1/postgres
     python -m benchmarks overhead --ops select_pk --drivers psycopg --tenants 1 --n 2000
+    python -m benchmarks overhead --ops select_pk --drivers psycopg --tenants 10 --tenant-roles
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -68,6 +74,8 @@ OPS = ("select_pk", "insert", "update", "lazy_load")
 DRIVERS = ("psycopg", "psycopg_async", "asyncpg")
 TENANT_COUNTS = (1, 10, 1000)
 CANDIDATES = ("plain", "translate_map", "search_path")
+#: ``--tenant-roles``: the strategies with ``tenant_roles=True``.
+ROLE_CANDIDATES = ("search_path_roles", "translate_map_roles")
 
 
 class SetConfigStatement:
@@ -309,6 +317,7 @@ class Candidates:
         driver: str,
         loop: asyncio.AbstractEventLoop,
         names: Sequence[str] = CANDIDATES,
+        roles: sa_tenancy.TenantRoles | None = None,
     ) -> None:
         self.driver = driver
         self.loop = loop
@@ -329,6 +338,9 @@ class Candidates:
                 factory = sessionmaker(engine, expire_on_commit=False)
             if name in FLOORS:
                 factory = bare_factory(engine, name)
+            elif name in ROLE_CANDIDATES:
+                base = name.removesuffix("_roles")
+                sa_tenancy.install(factory, strategy=base, tenant_roles=roles or True)
             elif name != "plain":
                 strategy = SetConfigStatement() if name == "set_config" else name
                 sa_tenancy.install(factory, strategy=strategy)
@@ -386,6 +398,12 @@ def main(argv: list[str]) -> int:
         "without sa_tenancy's checks (psycopg only)",
     )
     parser.add_argument(
+        "--tenant-roles",
+        action="store_true",
+        help="add the candidates " + ", ".join(ROLE_CANDIDATES) + " (tenant_roles=True); every "
+        "candidate then connects as a non-superuser login role made for the run",
+    )
+    parser.add_argument(
         "--budget", type=float, default=60.0, help="seconds per comparison, at most (default 60)"
     )
     args = _harness.parse(parser, argv)
@@ -402,6 +420,12 @@ def main(argv: list[str]) -> int:
         with setup.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(text("ANALYZE"))
         setup.dispose()
+        login = contextlib.ExitStack()
+        roles = None
+        if args.tenant_roles:
+            from ._tenant_roles import login_with_roles
+
+            url, roles = login.enter_context(login_with_roles(url, tenants))
         loop = asyncio.new_event_loop()
         try:
             for driver in args.drivers:
@@ -410,7 +434,9 @@ def main(argv: list[str]) -> int:
                     names = (*names, "set_config")
                 if args.floor and driver == "psycopg":
                     names = (*names, *FLOORS)
-                candidates = Candidates(url, driver, loop, names)
+                if args.tenant_roles:
+                    names = (*names, *ROLE_CANDIDATES)
+                candidates = Candidates(url, driver, loop, names, roles)
                 try:
                     for count in args.tenants:
                         for op in args.ops:
@@ -431,6 +457,7 @@ def main(argv: list[str]) -> int:
                     candidates.dispose()
         finally:
             loop.close()
+            login.close()
     print()
     print(summary(results))
     if args.json:

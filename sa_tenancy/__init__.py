@@ -15,12 +15,16 @@ registered, no optional integration imported.
 from __future__ import annotations
 
 from ._adopt import adopt_schema
+from ._role_sync import sync_tenant_roles
+from ._roles import TenantRoles
+from ._roles import tenant_role
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import ReservoirEmpty
 from .exc import SchemaRequired
 from .exc import SchemaSwitchError
 from .exc import TenancyError
+from .exc import TenantRoleMissing
 from .exc import UnknownSchema
 from .lifecycle import claim_tenant
 from .lifecycle import clone_tenant
@@ -68,6 +72,8 @@ __all__ = [
     "Strategy",
     "TenancyError",
     "TenantResult",
+    "TenantRoleMissing",
+    "TenantRoles",
     "TranslateMap",
     "UnknownSchema",
     "adopt_schema",
@@ -82,7 +88,9 @@ __all__ = [
     "migrate_tenants",
     "rename_tenant",
     "reservoir_size",
+    "sync_tenant_roles",
     "tenant_exists",
+    "tenant_role",
     "tenant_status",
     "uninstall",
     "verify_checkin",

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 
 from . import _ledger
+from . import _role_ddl
 from ._clone import clone_structure
 from ._ledger import SPARE_MARK
 from ._ledger import TENANT_MARK
@@ -36,6 +37,7 @@ from ._ledger import spare_mark
 from ._ledger import tenant_mark
 from ._namespace import label
 from ._namespace import namespace_of_mark
+from ._roles import TenantRoles
 from ._tenant_tables import create_tables
 from .exc import ReservoirEmpty
 from .exc import TenancyError
@@ -99,6 +101,7 @@ def _build(
     data: bool = False,
     hint: str = "choose another name or drop it first",
     namespace: str = "",
+    roles: TenantRoles | None = None,
 ) -> str | None:
     """Make ``schema`` complete inside the caller's transaction; return its recorded revision."""
     quoted = _ledger.ident(schema)
@@ -128,6 +131,8 @@ def _build(
 
         revision = upgrade_tenant(conn, schema, alembic_config, record=False)
     _ledger.record(conn, schema, revision, spare=mark == spare_mark(namespace), namespace=namespace)
+    if roles is not None:
+        _role_ddl.ensure(conn, schema, roles)
     return revision
 
 
@@ -138,13 +143,14 @@ def create(
     metadata: MetaData | None,
     alembic_config: AlembicConfig | None,
     namespace: str = "",
+    roles: TenantRoles | None = None,
 ) -> None:
-    """Schema, tables, mark, Alembic version and ledger row in one transaction."""
+    """Schema, tables, mark, Alembic version and ledger row (and role) in one transaction."""
     try:
         with bind.begin() as conn:
             _build(conn, schema, mark=tenant_mark(namespace), metadata=metadata,
                    alembic_config=alembic_config, hint=_NOT_A_TENANT_HINT,
-                   namespace=namespace)  # fmt: skip
+                   namespace=namespace, roles=roles)  # fmt: skip
     except TenancyError:
         # Only after a failure (the transaction is gone): say whose tenant has the name, since
         # the adopt_schema hint is wrong for it.
@@ -158,14 +164,16 @@ def create(
         ) from None
 
 
-def clone(bind: Engine, template: str, schema: str, *, data: bool, namespace: str = "") -> None:
+def clone(bind: Engine, template: str, schema: str, *, data: bool, namespace: str = "",
+          roles: TenantRoles | None = None) -> None:  # fmt: skip
     """``schema`` as a server-side copy of tenant ``template``, in one transaction."""
     with bind.begin() as conn:
         _build(conn, schema, mark=tenant_mark(namespace), metadata=None, alembic_config=None,
-               template=template, data=data, namespace=namespace)  # fmt: skip
+               template=template, data=data, namespace=namespace, roles=roles)  # fmt: skip
 
 
-def rename(bind: Engine, old: str, new: str, *, namespace: str = "") -> None:
+def rename(bind: Engine, old: str, new: str, *, namespace: str = "",
+           roles: TenantRoles | None = None) -> None:  # fmt: skip
     """Rename a marked tenant; its ledger row follows in the same transaction."""
     with bind.begin() as conn:
         if _mark(conn, old) != tenant_mark(namespace):
@@ -179,6 +187,8 @@ def rename(bind: Engine, old: str, new: str, *, namespace: str = "") -> None:
             _ledger.execute_ddl(conn, f"ALTER SCHEMA {q(old)} RENAME TO {q(new)}")
         if _ledger.exists(conn):
             _ledger.rename(conn, old, new)
+        if roles is not None:
+            _role_ddl.rename(conn, old, new, roles)
 
 
 def list_marked(bind: Engine, only: str | None = None, *, namespace: str = "") -> list[str]:
@@ -195,7 +205,8 @@ def list_marked(bind: Engine, only: str | None = None, *, namespace: str = "") -
         return [r[0] for r in rows]
 
 
-def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int, namespace: str = "") -> None:
+def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int, namespace: str = "",
+         roles: TenantRoles | None = None) -> None:  # fmt: skip
     """Drop a marked tenant: at once up to ``at_once`` catalog objects, else in batches."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -219,6 +230,8 @@ def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int, namespace:
             _ledger.forget(conn, schema)
         if objects <= at_once:
             _ledger.execute_ddl(conn, f"DROP SCHEMA {q(schema)} CASCADE")
+            if roles is not None:
+                _role_ddl.drop(conn, schema, roles)
             return
         _set_mark(conn, schema, dropping_mark(namespace))
     while True:
@@ -233,6 +246,8 @@ def drop(bind: Engine, schema: str, *, batch_size: int, at_once: int, namespace:
             ).all()
             if not rows:
                 _ledger.execute_ddl(conn, f"DROP SCHEMA {q(schema)} CASCADE")
+                if roles is not None:
+                    _role_ddl.drop(conn, schema, roles)
                 return
             kinds = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW",
                      "f": "FOREIGN TABLE"}  # fmt: skip
@@ -250,6 +265,7 @@ def fill_reservoir(
     alembic_config: AlembicConfig | None,
     data: bool,
     namespace: str = "",
+    roles: TenantRoles | None = None,
 ) -> list[str]:
     """Build ``count`` spares marked ``sa_tenancy:spare[:<namespace>]``, one transaction each."""
     made = []
@@ -259,7 +275,7 @@ def fill_reservoir(
         with bind.begin() as conn:
             _build(conn, spare, mark=spare_mark(namespace), metadata=metadata,
                    alembic_config=alembic_config, template=template, data=data,
-                   namespace=namespace)  # fmt: skip
+                   namespace=namespace, roles=roles)  # fmt: skip
         made.append(spare)
     return made
 
@@ -278,10 +294,11 @@ def reservoir_size(bind: Engine, *, namespace: str = "") -> int:
         )
 
 
-def claim(bind: Engine, schema: str, *, namespace: str = "") -> None:
+def claim(bind: Engine, schema: str, *, namespace: str = "",
+          roles: TenantRoles | None = None) -> None:  # fmt: skip
     """Rename a spare of ``namespace`` to ``schema``, mark and record it: one transaction."""
     try:
-        _claim(bind, schema, namespace)
+        _claim(bind, schema, namespace, roles)
     except sa_exc.ProgrammingError as error:
         # A ledger made before namespaces: add the column once, then claim as usual. Not
         # checked up front, so a current ledger costs a signup no extra round trip.
@@ -289,17 +306,17 @@ def claim(bind: Engine, schema: str, *, namespace: str = "") -> None:
             raise
         with bind.begin() as conn:
             _ledger.ensure(conn)
-        _claim(bind, schema, namespace)
+        _claim(bind, schema, namespace, roles)
 
 
-def _claim(bind: Engine, schema: str, namespace: str) -> None:
+def _claim(bind: Engine, schema: str, namespace: str, roles: TenantRoles | None) -> None:
     table = f"{_ledger.LEDGER_SCHEMA}.{_ledger.LEDGER_TABLE}"
     empty = (
         f"the reservoir of {label(namespace)} is empty: call fill_reservoir() with the same "
         "namespace (or create_tenant()) first"
     )
     # Four round trips in all (BEGIN, take a spare, rename + mark + record, COMMIT): a signup
-    # pays for these and nothing else.
+    # pays for these and nothing else (plus the role's rename and grants with tenant_roles).
     with bind.begin() as conn:
         try:
             row = conn.execute(
@@ -327,6 +344,8 @@ def _claim(bind: Engine, schema: str, namespace: str) -> None:
                 f"INSERT INTO {table} (schema_name, revision, namespace) "
                 f"VALUES ({_literal(schema)}, {revision}, {_literal(namespace)})",
             )
+        if roles is not None:  # the spare's role follows its schema (made if it had none)
+            _role_ddl.rename(conn, row[0], schema, roles)
 
 
 def _literal(value: str) -> str:

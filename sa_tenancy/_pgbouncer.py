@@ -80,10 +80,16 @@ class PgBouncer:
         clients so that transactions of different clients share backends.
     :param pool_mode: ``"transaction"`` (the point of this class), ``"session"`` or
         ``"statement"``.
+    :param users: more roles allowed to log in through it (trust auth), besides the URL's.
     """
 
     def __init__(
-        self, server_url: str, *, pool_size: int = 2, pool_mode: str = "transaction"
+        self,
+        server_url: str,
+        *,
+        pool_size: int = 2,
+        pool_mode: str = "transaction",
+        users: tuple[str, ...] = (),
     ) -> None:
         executable = find_pgbouncer()
         if executable is None:
@@ -92,6 +98,7 @@ class PgBouncer:
         self.server = make_url(server_url)
         self.pool_size = pool_size
         self.pool_mode = pool_mode
+        self.users = users
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="sa_tenancy_pgbouncer_"))
         self.logfile = self.root / "pgbouncer.log"
@@ -133,7 +140,8 @@ class PgBouncer:
         user = self.server.username or "postgres"
         password = self.server.password or ""
         quoted_password = str(password).replace('"', '""')
-        (self.root / "userlist.txt").write_text(f'"{user}" "{quoted_password}"\n')
+        others = "".join(f'"{u}" ""\n' for u in self.users)
+        (self.root / "userlist.txt").write_text(f'"{user}" "{quoted_password}"\n' + others)
         config = self.root / "pgbouncer.ini"
         config.write_text(self._config())
         kwargs: dict[str, Any] = {}

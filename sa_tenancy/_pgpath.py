@@ -38,6 +38,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from . import _psycopg
+from . import _roles
 from ._keys import ALLOW_RAW_SQL
 from ._keys import FITS
 from ._keys import OUTLIVES_OPTION
@@ -101,7 +102,13 @@ def _path_only(error: UnknownSchema) -> UnknownSchema:
 
 
 def apply(
-    connection: Connection, path: str, *, tenant: str, check: bool, once: bool = False
+    connection: Connection,
+    path: str,
+    *,
+    tenant: str,
+    check: bool,
+    once: bool = False,
+    role: str | None = None,
 ) -> None:
     """Set ``path`` for the transaction of ``connection``, which serves ``tenant``.
 
@@ -111,6 +118,8 @@ def apply(
         when the path holds nothing but the tenant (and ``pg_temp``): a tenant dropped, renamed
         or made unusable later then resolves nowhere, and its statements fail with "relation
         does not exist" instead of :class:`~sa_tenancy.UnknownSchema`.
+    :param role: run the transaction as this role (``tenant_roles=True``, see
+        :mod:`sa_tenancy._roles`); set before the path, so the check runs as the role too.
     """
     pooled = connection.connection
     home = pooled.info
@@ -127,9 +136,20 @@ def apply(
         # server time, so it is sent every time: no transaction of a tenant ever sees temporary
         # objects made in another transaction, whoever made them (plain code on the same pooled
         # connection, or another client behind PgBouncer's transaction pooling).
-        current = _psycopg.begin_with_path(
-            connection, pooled.driver_connection, path, check=check, discard_temp=True
-        )
+        try:
+            current = _psycopg.begin_with_path(
+                connection,
+                pooled.driver_connection,
+                path,
+                check=check,
+                discard_temp=True,
+                role="" if role is None else pg_identifier(role),
+            )
+        except sa_exc.DBAPIError as refused:
+            missing = None if role is None else _roles.missing_role(refused, role, tenant)
+            if missing is None:
+                raise
+            raise missing from refused
         if current is not _psycopg.NOT_SENT:
             home[TEMP_PENDING] = tenant
             if not check:
@@ -143,6 +163,8 @@ def apply(
     if discard:
         connection.exec_driver_sql("DISCARD TEMP", execution_options=_OURS)
         home[TEMP_PENDING] = tenant
+    if role is not None:
+        _roles.set_role(connection, role, tenant, outlives=outlives)
     if not check:
         prev = connection.execute(_SET_PATH, {"path": path}).one()[1]
     else:
@@ -160,7 +182,7 @@ def apply(
                 UnknownSchema(
                     f"schema {tenant!r} exists but the current role has no USAGE privilege on "
                     "it; PostgreSQL would skip it on the search_path. GRANT USAGE to the app's "
-                    "role."
+                    "role (with tenant_roles, to the tenant's role: sync_tenant_roles)."
                 )
             )
         if nspname != tenant:

@@ -74,7 +74,7 @@ def _begin_statement(
 
 
 def begin_with_path_sql(
-    begin: str, path: str, *, check: bool = True, discard_temp: bool = False
+    begin: str, path: str, *, check: bool = True, discard_temp: bool = False, role: str = ""
 ) -> str:
     """The one message that opens a tenant transaction: ``BEGIN``, ``SET LOCAL``, the check.
 
@@ -92,9 +92,15 @@ def begin_with_path_sql(
     ``DISCARD TEMP`` (when the connection may hold another tenant's temporary objects) runs
     inside the transaction, so that a rollback also brings back what it dropped, consistently
     with the owner recorded on the pool entry only at commit.
+
+    ``role`` (a quoted identifier, with ``tenant_roles=True``) comes before the path: the
+    rest of the transaction, ``current_schema()`` included, runs as the tenant's role, which
+    ``COMMIT`` or ``ROLLBACK`` takes back. If the server refuses the role, it aborts the
+    transaction and nothing else of the message runs.
     """
     discard = "DISCARD TEMP; " if discard_temp else ""
-    statement = f"{begin}; {discard}SET LOCAL search_path TO {path or EMPTY_PATH}"
+    as_role = f"SET LOCAL ROLE {role}; " if role else ""
+    statement = f"{begin}; {discard}{as_role}SET LOCAL search_path TO {path or EMPTY_PATH}"
     return statement + "; SELECT current_schema()" if check else statement
 
 
@@ -105,6 +111,7 @@ def begin_with_path(
     *,
     check: bool,
     discard_temp: bool = False,
+    role: str = "",
 ) -> object:
     """Open the transaction and set ``path`` in one round trip; return ``current_schema()``.
 
@@ -125,7 +132,7 @@ def begin_with_path(
         driver_connection.read_only,
         driver_connection.deferrable,
     )
-    statement = begin_with_path_sql(begin, path, check=check, discard_temp=discard_temp)
+    statement = begin_with_path_sql(begin, path, check=check, discard_temp=discard_temp, role=role)
     encoding = driver_connection.info.encoding
     try:
         data = statement.encode(encoding)

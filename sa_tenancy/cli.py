@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
+from . import _cli_roles
 from . import _namespace
 from . import _templates
 from . import lifecycle
@@ -46,18 +47,20 @@ def _cmd_create(args: argparse.Namespace) -> int:
     metadata = load_metadata(args.metadata) if args.metadata else None
     config = None if template or args.claim else config_of(args, required=False)
     ns = namespace_of(args)
+    roles = _cli_roles.tenant_roles_of(args)
     engine = engine_of(args)
     failed: dict[str, str] = {}
     made = []
     for name in names:
         try:
             if args.claim:
-                lifecycle.claim_tenant(engine, name, namespace=ns)
+                lifecycle.claim_tenant(engine, name, namespace=ns, tenant_roles=roles)
             elif template is not None:
-                lifecycle.clone_tenant(engine, template, name, data=args.data, namespace=ns)
+                lifecycle.clone_tenant(engine, template, name, data=args.data, namespace=ns,
+                                       tenant_roles=roles)  # fmt: skip
             else:
                 lifecycle.create_tenant(engine, name, metadata=metadata, alembic_config=config,
-                                        namespace=ns)  # fmt: skip
+                                        namespace=ns, tenant_roles=roles)  # fmt: skip
             made.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
             failed[name] = message_of(error)
@@ -69,6 +72,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
 def _cmd_drop(args: argparse.Namespace) -> int:
     names = checked_names(args.names)
     ns = namespace_of(args)
+    roles = _cli_roles.tenant_roles_of(args)
     if not args.yes:
         if not sys.stdin.isatty():
             fail("dropping tenants deletes their data: pass --yes to confirm")
@@ -82,7 +86,7 @@ def _cmd_drop(args: argparse.Namespace) -> int:
     dropped = []
     for name in names:
         try:
-            lifecycle.drop_tenant(engine, name, namespace=ns)
+            lifecycle.drop_tenant(engine, name, namespace=ns, tenant_roles=roles)
             dropped.append(name)
         except (TenancyError, sa_exc.DBAPIError) as error:
             failed[name] = message_of(error)
@@ -94,9 +98,10 @@ def _cmd_drop(args: argparse.Namespace) -> int:
 def _cmd_rename(args: argparse.Namespace) -> int:
     old, new = checked_names([args.old, args.new])
     ns = namespace_of(args)
+    roles = _cli_roles.tenant_roles_of(args)
     engine = engine_of(args)
     try:
-        lifecycle.rename_tenant(engine, old, new, namespace=ns)
+        lifecycle.rename_tenant(engine, old, new, namespace=ns, tenant_roles=roles)
     except (TenancyError, sa_exc.DBAPIError) as error:
         emit(args, {"renamed": None, "failed": {old: message_of(error)}},
               [f"FAILED {old}: {message_of(error)}"])  # fmt: skip
@@ -263,18 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claim", action="store_true", help="claim spare schemas from the reservoir")
     p.add_argument("--metadata", metavar="MODULE:ATTR", help="MetaData to create tables from")
     p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
+    _cli_roles.add_tenant_roles_flag(p, "make")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_create)
 
     p = sub.add_parser("drop", parents=[common], help="drop tenants and their data")
     p.add_argument("names", nargs="+", metavar="NAME")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _cli_roles.add_tenant_roles_flag(p, "drop")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_drop)
 
     p = sub.add_parser("rename", parents=[common], help="rename a tenant")
     p.add_argument("old", metavar="OLD")
     p.add_argument("new", metavar="NEW")
+    _cli_roles.add_tenant_roles_flag(p, "rename")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_rename)
 
@@ -320,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_reservoir)
+    _cli_roles.add_parser(sub, common)
     return parser
 
 

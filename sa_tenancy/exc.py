@@ -64,6 +64,15 @@ class ReservoirEmpty(TenancyError):
     """No spare schema is left to claim; fill the reservoir or create the tenant the slow way."""
 
 
+class TenantRoleMissing(TenancyError):
+    """A tenant transaction could not take the tenant's PostgreSQL role (``tenant_roles=True``).
+
+    The role does not exist, or the login role is not a member of it. The server refused the
+    transaction's begin, so nothing ran, as the tenant or as the login role. Create or repair
+    the role with :func:`sa_tenancy.sync_tenant_roles` (or ``sa-tenancy roles sync``).
+    """
+
+
 #: Attribute a strategy sets (true) on an exception it raises after leaving the transaction's
 #: connection unable to reach the default schema; after any other failure of a strategy the
 #: connection is invalidated, so that no statement runs on it untenanted.
@@ -78,6 +87,7 @@ for _cls in (
     SchemaSwitchError,
     RawSQLRefused,
     ReservoirEmpty,
+    TenantRoleMissing,
 ):
     _cls.__module__ = "sa_tenancy"
 del _cls

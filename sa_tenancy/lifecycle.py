@@ -53,7 +53,9 @@ from . import _lifecycle_mysql as _mysql
 from . import _lifecycle_pg as _pg
 from . import _lifecycle_sqlite as _sqlite
 from . import _namespace
+from . import _roles
 from ._ledger import TENANT_MARK
+from ._roles import TenantRoles
 from .exc import InvalidSchemaName
 from .exc import TenancyError
 from .exc import UnknownSchema
@@ -119,6 +121,13 @@ def _pg_only(bind: Engine, what: str) -> None:
         raise TenancyError(f"{what} is supported on PostgreSQL only, not {bind.dialect.name}")
 
 
+def _roles_for(bind: Engine, tenant_roles: bool | TenantRoles) -> TenantRoles | None:
+    roles = _roles.resolve(tenant_roles)
+    if roles is not None:
+        _pg_only(bind, "tenant_roles")
+    return roles
+
+
 def create_tenant(
     bind: Engine,
     schema: str,
@@ -129,6 +138,7 @@ def create_tenant(
     exist_ok: bool = False,
     alembic_config: AlembicConfig | None = None,
     namespace: str | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> str:
     """Create tenant ``schema`` with the schema-less tables of ``metadata``, and mark it.
 
@@ -150,6 +160,9 @@ def create_tenant(
     :param exist_ok: return quietly if the *tenant* already exists (its tables are not
         checked), for idempotent provisioning at start-up.
     :param namespace: the namespace the tenant belongs to (default: the default namespace).
+    :param tenant_roles: PostgreSQL: also make the tenant's ``NOLOGIN`` role, able to use its
+        schema only, granted to the login role (see :class:`~sa_tenancy.TenantRoles`). The
+        same parameter on clone, claim, fill, rename and drop keeps the role in step.
     :returns: the validated schema name.
     :raises InvalidSchemaName: for an invalid name or namespace, before anything is sent.
     :raises TenancyError: if the tenant already exists and ``exist_ok`` is false, or a schema,
@@ -160,6 +173,7 @@ def create_tenant(
     dialect = bind.dialect.name
     if dialect not in ("postgresql", "sqlite", *_MYSQL):
         raise _unsupported(bind, "create_tenant")
+    roles = _roles_for(bind, tenant_roles)
     if dialect == "sqlite":
         _sqlite.make_directories(bind, directory)
     if schema in _list(bind, directory, only=schema, namespace=ns):
@@ -167,7 +181,8 @@ def create_tenant(
             return schema
         raise TenancyError(f"tenant {schema!r} already exists")
     if dialect == "postgresql":
-        _pg.create(bind, schema, metadata=metadata, alembic_config=alembic_config, namespace=ns)
+        _pg.create(bind, schema, metadata=metadata, alembic_config=alembic_config, namespace=ns,
+                   roles=roles)  # fmt: skip
     elif dialect == "sqlite":
         _sqlite.create(schema, _sqlite.tenant_path(bind, schema, directory), metadata, ns)
     else:
@@ -183,6 +198,7 @@ def clone_tenant(
     data: bool = False,
     names: NamePolicy | None = None,
     namespace: str | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> str:
     """Create tenant ``schema`` as a copy of tenant ``template`` (PostgreSQL), all or nothing.
 
@@ -204,7 +220,7 @@ def clone_tenant(
     schema = _name(bind, schema, names)
     template = _name(bind, template, names)
     _pg_only(bind, "clone_tenant")
-    _pg.clone(bind, template, schema, data=data, namespace=ns)
+    _pg.clone(bind, template, schema, data=data, namespace=ns, roles=_roles.resolve(tenant_roles))
     return schema
 
 
@@ -215,6 +231,7 @@ def rename_tenant(
     *,
     names: NamePolicy | None = None,
     namespace: str | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> str:
     """Rename tenant ``old`` to ``new`` (PostgreSQL); its ledger row follows in one transaction.
 
@@ -228,7 +245,7 @@ def rename_tenant(
     old = _name(bind, old, names)
     new = _name(bind, new, names)
     _pg_only(bind, "rename_tenant")
-    _pg.rename(bind, old, new, namespace=ns)
+    _pg.rename(bind, old, new, namespace=ns, roles=_roles.resolve(tenant_roles))
     return new
 
 
@@ -300,6 +317,7 @@ def drop_tenant(
     directory: str | os.PathLike[str] | None = None,
     batch_size: int = 100,
     namespace: str | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> None:
     """Drop tenant ``schema`` of ``namespace`` and everything in it.
 
@@ -317,8 +335,10 @@ def drop_tenant(
     ns = _namespace.check(namespace)
     schema = _tenant(bind, schema, names, directory)
     dialect = bind.dialect.name
+    roles = _roles_for(bind, tenant_roles)
     if dialect == "postgresql":
-        _pg.drop(bind, schema, batch_size=batch_size, at_once=_DROP_AT_ONCE, namespace=ns)
+        _pg.drop(bind, schema, batch_size=batch_size, at_once=_DROP_AT_ONCE, namespace=ns,
+                 roles=roles)  # fmt: skip
     elif dialect in _MYSQL:
         _mysql.drop(bind, schema, namespace=ns)
     elif dialect == "sqlite":
@@ -341,6 +361,7 @@ def fill_reservoir(
     alembic_config: AlembicConfig | None = None,
     data: bool = False,
     namespace: str | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> list[str]:
     """Add ``count`` spare, fully built schemas to the reservoir (PostgreSQL).
 
@@ -364,7 +385,7 @@ def fill_reservoir(
         template = _name(bind, template, None)
     return _pg.fill_reservoir(bind, count, metadata=metadata, template=template,
                               alembic_config=alembic_config, data=data,
-                              namespace=ns)  # fmt: skip
+                              namespace=ns, roles=_roles.resolve(tenant_roles))  # fmt: skip
 
 
 def reservoir_size(bind: Engine, *, namespace: str | None = None) -> int:
@@ -380,6 +401,7 @@ def claim_tenant(
     *,
     names: NamePolicy | None = None,
     namespace: str | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> str:
     """Create tenant ``schema`` by claiming a spare schema from the reservoir (PostgreSQL).
 
@@ -394,5 +416,5 @@ def claim_tenant(
     ns = _namespace.check(namespace)
     schema = _name(bind, schema, names)
     _pg_only(bind, "claim_tenant")
-    _pg.claim(bind, schema, namespace=ns)
+    _pg.claim(bind, schema, namespace=ns, roles=_roles.resolve(tenant_roles))
     return schema

@@ -28,15 +28,14 @@ attribute of the session, not in ``session.info``, so nothing done to ``info`` c
 off.
 
 **One connection serves one tenant at a time.** A claim on the pooled DBAPI connection records
-which tenant its open session transactions serve. Two sessions can meet on one DBAPI
-connection: sessions bound to one ``Connection`` (the usual "join an external transaction" test
-fixture), or a ``StaticPool``. A second session for *another* tenant (or for none) would
-re-point the connection under the first one, so its begin is refused with
-:class:`~sa_tenancy.SchemaSwitchError`; sessions of the *same* tenant share it, and the last one
-to end restores the ``Connection``.
+which tenant its open session transactions serve. Two sessions can meet on one DBAPI connection:
+sessions bound to one ``Connection`` (the usual "join an external transaction" test fixture), or a
+``StaticPool``. A second session for *another* tenant (or for none) would re-point the connection
+under the first one, so its begin is refused with :class:`~sa_tenancy.SchemaSwitchError`; sessions
+of the *same* tenant share it, and the last one to end restores the ``Connection``.
 
-Failing closed: when the begin cannot apply a tenant, the error propagates and the transaction
-is unusable: ORM operations raise, and the ``Connection`` is invalidated (or, when another open
+Failing closed: when the begin cannot apply a tenant, the error propagates and the transaction is
+unusable: ORM operations raise, and the ``Connection`` is invalidated (or, when another open
 session uses the same DBAPI connection, marked so that every statement of the refused session
 raises), instead of running against the default schema or another tenant.
 """
@@ -78,6 +77,7 @@ from ._keys import OUTLIVES_OPTION
 from ._keys import TEMP_OWNER
 from ._keys import TEMP_PENDING
 from ._recycle import TenantLimit
+from ._roles import TenantRoles
 from .exc import FAIL_CLOSED
 from .exc import SchemaRequired
 from .exc import SchemaSwitchError
@@ -325,6 +325,7 @@ def install(
     extra_schemas: tuple[str, ...] | list[str] = (),
     allow_raw_sql: bool = False,
     max_tenants_per_connection: int | None = None,
+    tenant_roles: bool | TenantRoles = False,
 ) -> Installation:
     """Make every session of ``target`` serve the tenant named in ``session.info[info_key]``.
 
@@ -336,8 +337,7 @@ def install(
         SQLite), ``"auto"`` (search_path on PostgreSQL, tenant files on SQLite, translate_map
         elsewhere), or any :class:`~sa_tenancy.Strategy`.
     :param info_key: the ``session.info`` key that names the tenant.
-    :param require: refuse (:class:`~sa_tenancy.SchemaRequired`) any transaction of a session
-        without a tenant. Without it, such sessions behave like plain sessions.
+    :param require: refuse (:class:`~sa_tenancy.SchemaRequired`) a transaction without a tenant.
     :param names: which names are tenants: a regular expression, an allowlist, a predicate or a
         :class:`~sa_tenancy.NamePolicy`. Default: ``[a-z_][a-z0-9_]*``.
     :param extra_schemas: ``search_path`` only: schemas searched after the tenant, e.g.
@@ -349,6 +349,7 @@ def install(
         served this many distinct tenants, so that each server backend's catalog cache, which
         grows with every tenant's tables it touches, stays bounded. ``None`` (the default): no
         limit. See the benchmarks README for the memory and latency at 10 to 10,000 tenants.
+    :param tenant_roles: run each transaction as the tenant's role (see ``TenantRoles``).
     :returns: an :class:`Installation`.
     :raises TenancyError: if ``target`` is not supported, is the global ``Session``, or already
         has an installation (installing twice would apply the tenant twice).
@@ -362,9 +363,8 @@ def install(
     """
     if not isinstance(info_key, str) or not info_key:
         raise TenancyError("info_key must be a non-empty str")
-    resolved = resolve_strategy(
-        strategy, extra_schemas=tuple(extra_schemas), allow_raw_sql=allow_raw_sql
-    )
+    resolved = resolve_strategy(strategy, extra_schemas=tuple(extra_schemas),
+                                allow_raw_sql=allow_raw_sql, tenant_roles=tenant_roles)  # fmt: skip
     policy = names if isinstance(names, NamePolicy) else NamePolicy(names)
     limit = None if max_tenants_per_connection is None else TenantLimit(max_tenants_per_connection)
     session_class, restore = _targets.resolve(target)  # last: it may change the target
@@ -386,10 +386,9 @@ def install(
 def uninstall(target: object) -> bool:
     """Undo :func:`install` on ``target``. Returns whether an installation was removed."""
     installation = installation_of(target)
-    if installation is None:
-        return False
-    installation.uninstall()
-    return True
+    if installation is not None:
+        installation.uninstall()
+    return installation is not None
 
 
 def installation_of(target: object) -> Installation | None:

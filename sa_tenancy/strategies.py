@@ -42,6 +42,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Protocol
 from typing import runtime_checkable
@@ -53,6 +54,7 @@ from sqlalchemy.util import LRUCache
 
 from . import _dialect_names
 from . import _pgpath
+from . import _roles
 from ._guard import ensure_guard
 from ._keys import ALLOW_RAW_SQL
 from ._keys import DEFAULT_DB_CHECKED
@@ -61,6 +63,9 @@ from ._keys import TENANT_OPTION
 from .exc import InvalidSchemaName
 from .exc import TenancyError
 from .names import validate_extra_schema
+
+if TYPE_CHECKING:
+    from ._roles import TenantRoles
 
 __all__ = ["ALLOW_RAW_SQL", "SearchPath", "Strategy", "TranslateMap"]
 
@@ -101,6 +106,9 @@ class SearchPath:
         ``extra_schemas`` it runs the first time a pooled connection serves a tenant: the path
         then holds nothing else, so a tenant dropped or made unusable later fails closed
         ("relation does not exist", which the web integrations still answer with 404).
+    :param tenant_roles: also run each tenant transaction as the tenant's own PostgreSQL role
+        (``True`` or a :class:`~sa_tenancy.TenantRoles`), so that the server itself refuses
+        another tenant's tables; see :func:`sa_tenancy.tenant_role`.
 
     The path ends with ``pg_temp``: PostgreSQL otherwise searches temporary tables *first*, and
     a temporary table named like a tenant table would shadow it. Temporary objects never cross
@@ -122,7 +130,14 @@ class SearchPath:
 
     name = "search_path"
 
-    def __init__(self, *, extra_schemas: Iterable[str] = (), check_exists: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        extra_schemas: Iterable[str] = (),
+        check_exists: bool = True,
+        tenant_roles: bool | TenantRoles = False,
+    ) -> None:
+        self.tenant_roles = _roles.resolve(tenant_roles)
         if isinstance(extra_schemas, str):
             raise TenancyError(
                 f"extra_schemas must be a list of schema names, not the str {extra_schemas!r} "
@@ -140,6 +155,7 @@ class SearchPath:
     def apply(self, connection: Connection, schema: str | None) -> None:
         if schema is None:
             _pgpath.restore(connection)
+            _roles.restore(connection)
             return
         dialect = connection.dialect
         if dialect.name != "postgresql":
@@ -159,6 +175,9 @@ class SearchPath:
                 "search_path it always means the schema named after the current role. Rename "
                 "the tenant or use strategy='translate_map'."
             )
+        roles = self.tenant_roles
+        if roles is not None:
+            _roles.check_login(connection)
         _pgpath.apply(
             connection,
             self.search_path(connection, schema),
@@ -166,10 +185,12 @@ class SearchPath:
             check=self.check_exists,
             # With extra schemas a missing tenant would fall through to them: check every time.
             once=not self.extra_schemas,
+            role=None if roles is None else roles.role(schema),
         )
 
     def __repr__(self) -> str:
-        return f"SearchPath(extra_schemas={self.extra_schemas!r})"
+        roles = "" if self.tenant_roles is None else f", tenant_roles={self.tenant_roles!r}"
+        return f"SearchPath(extra_schemas={self.extra_schemas!r}{roles})"
 
 
 _ENGINE_DEFAULT = object()
@@ -213,6 +234,10 @@ class TranslateMap:
         never rewritten.
     :param allow_raw_sql: let ``text()`` and driver-level SQL run in tenant transactions. They are
         **not** translated: they must qualify every name themselves.
+    :param tenant_roles: PostgreSQL only: also run each tenant transaction as the tenant's own
+        role (``True`` or a :class:`~sa_tenancy.TenantRoles`). Sound with the translate map:
+        the role decides what a statement may touch, whichever schema its names resolve to,
+        and ``SET LOCAL ROLE`` travels in the message that already sets the empty path.
 
     Setting the map *in place* matters: options given to ``Session(execution_options=...)`` do not
     reach flushes on SQLAlchemy 2.0, while a connection's own options cover everything the ORM
@@ -240,8 +265,13 @@ class TranslateMap:
     name = "translate_map"
 
     def __init__(
-        self, *, placeholders: Iterable[str | None] = (None,), allow_raw_sql: bool = False
+        self,
+        *,
+        placeholders: Iterable[str | None] = (None,),
+        allow_raw_sql: bool = False,
+        tenant_roles: bool | TenantRoles = False,
     ) -> None:
+        self.tenant_roles = _roles.resolve(tenant_roles)
         self.placeholders: tuple[str | None, ...] = tuple(placeholders)
         if not self.placeholders:
             raise TenancyError("TranslateMap needs at least one placeholder, usually None")
@@ -269,11 +299,22 @@ class TranslateMap:
             give_back_map(connection)
             if dialect == "postgresql":
                 _pgpath.restore(connection)
+                _roles.restore(connection)
             return
+        roles = self.tenant_roles
+        if roles is not None and (dialect != "postgresql" or _autocommit(connection)):
+            raise TenancyError(
+                "tenant_roles needs PostgreSQL and a transaction (SET LOCAL ROLE does nothing "
+                f"under AUTOCOMMIT); this connection is {dialect}"
+                + (" in AUTOCOMMIT" if dialect == "postgresql" else "")
+            )
         if dialect == "postgresql":
             _pgpath.fits_server(connection, schema)
+            if roles is not None:
+                _roles.check_login(connection)
             if not _autocommit(connection):
-                _pgpath.apply(connection, _pgpath.NO_SCHEMA, tenant=schema, check=False)
+                role = None if roles is None else roles.role(schema)
+                _pgpath.apply(connection, _pgpath.NO_SCHEMA, tenant=schema, check=False, role=role)
         elif dialect in ("mysql", "mariadb"):
             self._check_default_database(connection, schema)
         saved = options.get(SAVED_MAP_OPTION)
@@ -326,7 +367,9 @@ class TranslateMap:
     def __repr__(self) -> str:
         return (
             f"TranslateMap(placeholders={self.placeholders!r}, "
-            f"allow_raw_sql={self.allow_raw_sql!r})"
+            f"allow_raw_sql={self.allow_raw_sql!r}"
+            + ("" if self.tenant_roles is None else f", tenant_roles={self.tenant_roles!r}")
+            + ")"
         )
 
 
