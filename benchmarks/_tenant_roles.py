@@ -32,7 +32,7 @@ def login_with_roles(
     owner = create_engine(url)
     try:
         with owner.begin() as conn:
-            conn.exec_driver_sql(f'CREATE ROLE "{login}" LOGIN NOSUPERUSER')
+            conn.exec_driver_sql(f'CREATE ROLE "{login}" LOGIN NOSUPERUSER NOINHERIT')
             for schema in ("public", *tenants):
                 conn.exec_driver_sql(
                     f'GRANT USAGE ON SCHEMA "{schema}" TO "{login}"; '

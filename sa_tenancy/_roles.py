@@ -78,9 +78,18 @@ LOGIN_CHECKED = "sa_tenancy_login_checked"
 #: Connection option: the ``role`` setting of an outer transaction, put back at the end.
 SAVED_ROLE_OPTION = "sa_tenancy_saved_role"
 _OURS = {ALLOW_RAW_SQL: True}
-_SUPERUSER = text("SELECT rolsuper FROM pg_roles WHERE rolname = session_user").execution_options(
-    **_OURS
-)
+#: The login role: a superuser? does it inherit the privileges of a tenant role it belongs to
+#: (role attribute INHERIT on PostgreSQL 15, the membership's INHERIT option from 16 on:
+#: ``pg_has_role(..., 'USAGE')`` answers both)? Tenant roles are known by their comment.
+_ROLE_MARK_LIKE = r"sa\_tenancy:role:%"  # the comment of every tenant role (_role_ddl)
+_LOGIN = text(
+    "SELECT r.rolsuper, EXISTS (SELECT 1 FROM pg_auth_members AS m "
+    "JOIN pg_shdescription AS d ON d.objoid = m.roleid "
+    "AND d.classoid = 'pg_authid'::regclass "
+    "WHERE m.member = r.oid AND d.description LIKE :mark "
+    "AND pg_has_role(r.oid, m.roleid, 'USAGE')) "
+    "FROM pg_roles AS r WHERE r.rolname = session_user"
+).execution_options(**_OURS)
 _SET_ROLE = text(
     "SELECT set_config('role', :role, true), prev "
     "FROM (SELECT current_setting('role') AS prev OFFSET 0) AS s"
@@ -176,20 +185,31 @@ def resolve(tenant_roles: bool | TenantRoles | None) -> TenantRoles | None:
 
 
 def check_login(connection: Connection) -> None:
-    """Refuse a superuser login, once per pooled connection.
+    """Refuse a login role the tenant roles cannot bound, once per pooled connection.
 
     A superuser may take any role back in its own SQL, so a tenant role would guard nothing.
+    A login role that *inherits* the tenant roles' privileges holds every tenant's tables
+    itself: a session without a tenant, or SQL that says ``RESET ROLE``, would read them all.
+    It must be a member without inheritance (``ALTER ROLE app NOINHERIT``): membership still
+    lets it ``SET ROLE`` to each tenant's role, and nothing more.
     """
     home = connection.connection.info
     if home.get(LOGIN_CHECKED):
         return
-    if connection.execute(_SUPERUSER).scalar():
-        error = TenancyError(
+    superuser, inherits = connection.execute(_LOGIN, {"mark": _ROLE_MARK_LIKE}).one()
+    if superuser:
+        raise TenancyError(
             "tenant_roles=True cannot protect anything on a superuser connection: a superuser "
             "may switch to any role in its own SQL. Connect the application as a role without "
             "SUPERUSER (lifecycle and migrations may keep an owner role)."
         )
-        raise error
+    if inherits:
+        raise TenancyError(
+            "the login role inherits the privileges of tenant roles (INHERIT): outside a "
+            "tenant transaction, or after RESET ROLE, it could read every tenant. Make it a "
+            "member without inheritance: ALTER ROLE <login> NOINHERIT (it may still SET ROLE "
+            "to each tenant's role)."
+        )
     home[LOGIN_CHECKED] = True
 
 

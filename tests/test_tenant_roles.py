@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import sessionmaker
 
 import sa_tenancy
@@ -98,7 +99,7 @@ def login(pg_engine: Engine) -> Iterator[str]:
     """A non-superuser LOGIN role (trust auth on 127.0.0.1), dropped afterwards."""
     name = unique_name("app")
     with pg_engine.begin() as conn:
-        conn.exec_driver_sql(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEROLE')
+        conn.exec_driver_sql(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEROLE NOINHERIT')
     yield name
     with pg_engine.begin() as conn:
         _drop_role(conn, name)
@@ -289,6 +290,36 @@ def test_superuser_login_is_refused(fleet, pg_engine):
     with pytest.raises(sa_tenancy.TenancyError, match="superuser"):
         with made(info={"schema": a}) as session:
             session.scalars(select(Note)).all()
+
+
+def test_login_that_inherits_tenant_privileges_is_refused(fleet, pg_engine, pg_url):
+    """INHERIT would give the login every tenant's tables outside tenant transactions."""
+    (a,) = fleet(1)
+    inheriting = unique_name("inh")
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{inheriting}" LOGIN NOSUPERUSER INHERIT')
+        conn.exec_driver_sql(f'GRANT "{tenant_role(a)}" TO "{inheriting}"')
+    engine = create_engine(make_url(pg_url).set(username=inheriting).render_as_string(False))
+    try:
+        with engine.connect() as conn:  # what it would expose: a tenant's rows, with no tenant
+            assert conn.exec_driver_sql(f'SELECT body FROM "{a}".notes').scalars().all() == [a]
+        made = sessionmaker(engine)
+        sa_tenancy.install(made, tenant_roles=True)
+        with pytest.raises(sa_tenancy.TenancyError, match="NOINHERIT"):
+            with made(info={"schema": a}) as session:
+                session.scalars(select(Note)).all()
+    finally:
+        engine.dispose()
+        with pg_engine.begin() as conn:
+            _drop_role(conn, inheriting)
+
+
+def test_the_login_itself_reads_no_tenant(fleet, app_engine):
+    """A NOINHERIT login outside a tenant transaction: the server refuses every tenant's table."""
+    (a,) = fleet(1)
+    with app_engine.connect() as conn:
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            conn.exec_driver_sql(f'SELECT body FROM "{a}".notes').all()
 
 
 def test_sessions_without_tenant_stay_the_login(factory, login):
