@@ -15,6 +15,10 @@ registered, no optional integration imported.
 from __future__ import annotations
 
 from ._adopt import adopt_schema
+from .citus import create_shared_tables
+from .citus import move_tenant
+from .citus import tenant_placement
+from .exc import CitusRequired
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import ReservoirEmpty
@@ -52,6 +56,7 @@ from .verify import verify_checkin
 
 __all__ = [
     "ALLOW_RAW_SQL",
+    "CitusRequired",
     "FleetReport",
     "Installation",
     "InvalidSchemaName",
@@ -73,6 +78,7 @@ __all__ = [
     "adopt_schema",
     "claim_tenant",
     "clone_tenant",
+    "create_shared_tables",
     "create_tenant",
     "drop_tenant",
     "fill_reservoir",
@@ -80,9 +86,11 @@ __all__ = [
     "installation_of",
     "list_tenants",
     "migrate_tenants",
+    "move_tenant",
     "rename_tenant",
     "reservoir_size",
     "tenant_exists",
+    "tenant_placement",
     "tenant_status",
     "uninstall",
     "verify_checkin",

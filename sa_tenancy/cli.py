@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
+from . import _cli_citus
 from . import _namespace
 from . import _templates
 from . import lifecycle
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="alembic.ini (default: ./alembic.ini if present)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_reservoir)
+
+    _cli_citus.add_commands(sub, common)  # move, placement
     return parser
 
 

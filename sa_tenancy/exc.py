@@ -64,6 +64,14 @@ class ReservoirEmpty(TenancyError):
     """No spare schema is left to claim; fill the reservoir or create the tenant the slow way."""
 
 
+class CitusRequired(TenancyError):
+    """A Citus-only operation (moving tenants, their placement) ran on plain PostgreSQL.
+
+    Nothing was sent beyond the check. Point the engine at a Citus coordinator, or leave the
+    call out: on a single server every tenant is already in one place.
+    """
+
+
 #: Attribute a strategy sets (true) on an exception it raises after leaving the transaction's
 #: connection unable to reach the default schema; after any other failure of a strategy the
 #: connection is invalidated, so that no statement runs on it untenanted.
@@ -78,6 +86,7 @@ for _cls in (
     SchemaSwitchError,
     RawSQLRefused,
     ReservoirEmpty,
+    CitusRequired,
 ):
     _cls.__module__ = "sa_tenancy"
 del _cls
