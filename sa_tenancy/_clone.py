@@ -59,12 +59,22 @@ ORDER BY c.relname
 _COLUMNS = """
 SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(ad.adbin, ad.adrelid), a.attidentity, a.attgenerated,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,
+       ids.relname, ids.seqstart, ids.seqincrement, ids.seqmin, ids.seqmax, ids.seqcache,
+       ids.seqcycle
 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
      AND NOT a.attisdropped
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
+LEFT JOIN LATERAL (
+    SELECT sc.relname, s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle
+    FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
+    JOIN pg_class sc ON sc.oid = d.objid
+    WHERE a.attidentity <> '' AND d.refobjid = c.oid AND d.refobjsubid = a.attnum
+      AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype = 'i'
+) AS ids ON true
 WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'r'
 ORDER BY c.relname, a.attnum
 """
@@ -118,7 +128,15 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
         )
     tables: dict[str, list[str]] = {}
     inserted: dict[str, list[str]] = {}
-    for table, col, typ, notnull, default, identity, generated, collation in columns:
+    selected: dict[str, list[str]] = {}
+    enum_names = {name for name, _labels in enums}
+    for table, col, typ, notnull, default, identity, generated, collation, *seq in columns:
+        if generated != "s":
+            # An enum column's rows come as the template's type: cast through text to the copy's.
+            own_enum = typ.removesuffix("[]").strip('"') in enum_names
+            selected.setdefault(table, []).append(
+                f"CAST(CAST({q(col)} AS text) AS {typ})" if own_enum else q(col)
+            )
         if (table, col) in serials:
             tables.setdefault(table, []).append(f"{q(col)} {_SERIAL_OF[typ]}")
             inserted.setdefault(table, []).append(q(col))
@@ -130,7 +148,7 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
             parts.append(f"GENERATED ALWAYS AS ({default}) STORED")
         elif identity:
             kind = "ALWAYS" if identity == "a" else "BY DEFAULT"
-            parts.append(f"GENERATED {kind} AS IDENTITY")
+            parts.append(f"GENERATED {kind} AS IDENTITY{_identity_options(table, col, seq)}")
         elif default is not None:
             parts.append(f"DEFAULT {default}")
         if notnull:
@@ -166,7 +184,7 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
         listed = ", ".join(inserted[table])
         ddl.append(
             f"INSERT INTO {q(table)} ({listed}) OVERRIDING SYSTEM VALUE "
-            f"SELECT {listed} FROM {q(source)}.{q(table)}"
+            f"SELECT {', '.join(selected[table])} FROM {q(source)}.{q(table)}"
         )
     ddl.extend(foreign)
 
@@ -218,6 +236,20 @@ def _copy_identity_positions(conn: Connection, source: str, target: str) -> None
             )
 
 
+def _identity_options(table: str, col: str, seq: Sequence[Any]) -> str:
+    """The template's identity sequence options (start, increment, bounds, cache, cycle, name)."""
+    name, start, inc, lo, hi, cache, cycle = seq
+    if name is None:  # pragma: no cover - an identity column always has its sequence
+        return ""
+    options = (
+        f"START {int(start)} INCREMENT {int(inc)} MINVALUE {int(lo)} MAXVALUE {int(hi)} "
+        f"CACHE {int(cache)} " + ("CYCLE" if cycle else "NO CYCLE")
+    )
+    if name != f"{table}_{col}_seq":
+        options = f"SEQUENCE NAME {ident(name)} {options}"
+    return f" ({options})"
+
+
 #: The serial type that makes a column's sequence, by the column's type.
 _SERIAL_OF = {"smallint": "smallserial", "integer": "serial", "bigint": "bigserial"}
 #: The largest value of each sequence type: ``serial``'s sequences end there.
@@ -232,7 +264,7 @@ def _serial_columns(sequences: Sequence[Any], columns: Sequence[Any]) -> set[tup
     """
     shaped = {(row[8], row[9]): row[0] for row in sequences if _serial_shaped(tuple(row))}
     found = set()
-    for table, col, typ, notnull, default, identity, generated, collation in columns:
+    for table, col, typ, notnull, default, identity, generated, collation, *_ in columns:
         seq = shaped.get((table, col))
         if seq is None or not notnull or identity or generated or collation:
             continue
