@@ -196,6 +196,14 @@ def test_cli_move_and_placement_help():
     assert result.returncode == 2
 
 
+def test_own_server_tests_carry_the_registered_marker(pytestconfig):
+    """A run in place on a Citus coordinator deselects them with -m "not own_server"."""
+    from . import test_stress
+
+    assert any(m.startswith("own_server:") for m in pytestconfig.getini("markers"))
+    assert "own_server" in {m.name for m in test_stress.pytestmark}
+
+
 # -- on a Citus coordinator only --------------------------------------------------------------
 
 
