@@ -150,7 +150,8 @@ def move_tenant(
     Wraps ``citus_schema_move``; it keeps the tenant's rows, mark and ledger row. With the
     default ``transfer_mode="auto"`` (logical replication) the tenant stays writable while it
     moves but every table needs a primary key; ``"block_writes"`` blocks writes to the tenant
-    during the copy and works for any table.
+    during the copy and works for any table. A tenant already on that node is left alone.
+    Connect to the coordinator.
 
     :raises InvalidSchemaName: for an invalid name, host, port or transfer mode, before SQL.
     :raises CitusRequired: on a database without the citus extension.

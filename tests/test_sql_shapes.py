@@ -267,7 +267,11 @@ def _rich_metadata() -> MetaData:
 
 @pytest.fixture
 def own_database(pg_url: str) -> Iterator[str]:
-    """A database of the test's own: the ledger does not exist yet, so its DDL is logged."""
+    """A database of the test's own: the ledger does not exist yet, so its DDL is logged.
+
+    On a Citus coordinator it is a plain PostgreSQL database there (no citus extension, not
+    propagated to the workers): the statements checked are the same, which is the point.
+    """
     url = make_database(pg_url)
     try:
         yield url
