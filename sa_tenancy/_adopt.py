@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 
 from . import _ledger
 from . import _namespace
+from ._citus import refuse_worker
 from ._citus import sharding
 from ._lifecycle_pg import _duplicate_is_tenancy_error
 from ._lifecycle_pg import _set_mark
@@ -189,6 +190,7 @@ def adopt(
         script_directory(cfg)  # an unreadable migration history fails before any SQL
     moved: list[str] = []
     with bind.begin() as conn:
+        refuse_worker(conn, "adopt_schema")  # the ledger is on the coordinator
         _check_source(conn, source)
         _ledger.ensure(conn)
         q = _ledger.ident
