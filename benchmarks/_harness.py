@@ -16,7 +16,10 @@ The stable API used by the suites:
 
 - :func:`add_common_args` / :func:`parse` — ``--dburl``, ``--n``, ``--repeat``, ``--json``;
 - :func:`scratch_database` — a database of the run's own (``sa_tenancy_bench_<random>``),
-  dropped at the end, so benchmarks never touch anyone's ``public`` schema;
+  dropped at the end, so benchmarks never touch anyone's ``public`` schema. On a Citus
+  coordinator a new database would have no ``citus`` extension (the run would measure plain
+  PostgreSQL): there the run goes in place in ``--dburl``'s database only with
+  ``SA_TENANCY_BENCH_IN_PLACE=1`` (see :func:`scratch_database`);
 - :func:`compare` → list of :class:`Measurement`; :func:`format_table` prints them;
 - :func:`environment` — versions, cores and date, recorded with every result;
 - :func:`rss_bytes` — this process's resident set size;
@@ -128,9 +131,31 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     return args
 
 
+#: Set to 1 to benchmark in ``--dburl``'s own database (a Citus coordinator's, say).
+IN_PLACE_ENV = "SA_TENANCY_BENCH_IN_PLACE"
+
+
 @contextlib.contextmanager
 def scratch_database(url: str, *, prefix: str = "sa_tenancy_bench") -> Iterator[str]:
-    """Create ``<prefix>_<random>`` on ``url``'s server, yield its URL, drop it afterwards."""
+    """Create ``<prefix>_<random>`` on ``url``'s server, yield its URL, drop it afterwards.
+
+    When ``url``'s database has the ``citus`` extension, a scratch database would not (and
+    ``CREATE DATABASE`` is not propagated to the workers), so the run would silently measure
+    plain PostgreSQL. With ``SA_TENANCY_BENCH_IN_PLACE=1`` the run works in ``url``'s database
+    itself and drops, at the end, every schema and every ``public`` table that appeared during
+    the run (and the ledger rows of dropped schemas): give it a database of its own. Without
+    the variable a Citus database is refused with that advice.
+    """
+    if _has_citus(url):
+        if os.environ.get(IN_PLACE_ENV) != "1":
+            raise SystemExit(
+                f"{url}: a Citus coordinator; a scratch database would have no citus extension. "
+                f"Set {IN_PLACE_ENV}=1 to benchmark in this database (schemas and public tables "
+                "the run creates are dropped at the end: use a database of its own)"
+            )
+        with _in_place(url):
+            yield url
+        return
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     # SIGTERM (timeout, kill) would end the process without running the DROP below.
     previous = signal.getsignal(signal.SIGTERM)
@@ -153,6 +178,57 @@ def scratch_database(url: str, *, prefix: str = "sa_tenancy_bench") -> Iterator[
             admin.dispose()
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _has_citus(url: str) -> bool:
+    if not url.startswith("postgresql"):
+        return False
+    engine = create_engine(url, poolclass=None)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'citus'"))
+            return found.first() is not None
+    finally:
+        engine.dispose()
+
+
+_SNAPSHOT = text(
+    "SELECT 's' || nspname FROM pg_namespace UNION ALL "
+    "SELECT 't' || relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+    "AND relkind IN ('r', 'p')"
+)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextlib.contextmanager
+def _in_place(url: str) -> Iterator[None]:
+    """Run in ``url``'s database; drop what the run created there (schemas, public tables)."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=None)
+    try:
+        with engine.connect() as conn:
+            before = set(conn.execute(_SNAPSHOT).scalars())
+        yield
+    finally:
+        try:
+            with engine.connect() as conn:
+                new = set(conn.execute(_SNAPSHOT).scalars()) - before
+                schemas = sorted(item[1:] for item in new if item[0] == "s")
+                tables = sorted(item[1:] for item in new if item[0] == "t")
+                ledger = conn.execute(text("SELECT to_regclass('sa_tenancy.tenant_versions')"))
+                if schemas and ledger.scalar() is not None:
+                    conn.execute(
+                        text("DELETE FROM sa_tenancy.tenant_versions WHERE schema_name = ANY(:s)"),
+                        {"s": schemas},
+                    )
+                for name in schemas:
+                    conn.execute(text(f"DROP SCHEMA IF EXISTS {_quote(name)} CASCADE"))
+                for name in tables:
+                    conn.execute(text(f"DROP TABLE IF EXISTS public.{_quote(name)} CASCADE"))
+        finally:
+            engine.dispose()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

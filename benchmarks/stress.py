@@ -556,7 +556,8 @@ class Faults(threading.Thread):
                         if pids:
                             victim = self.rng.choice(pids)
                             if conn.execute(
-                                text("SELECT pg_terminate_backend(:p)"), {"p": victim}
+                                text("SELECT pg_terminate_backend(CAST(:p AS integer))"),
+                                {"p": victim},
                             ).scalar():
                                 self.counts["backend_terminated"] += 1
                 except Exception as exc:  # the server may be restarting

@@ -18,6 +18,10 @@ from ._adopt import adopt_schema
 from ._role_sync import sync_tenant_roles
 from ._roles import TenantRoles
 from ._roles import tenant_role
+from .citus import create_shared_tables
+from .citus import move_tenant
+from .citus import tenant_placement
+from .exc import CitusRequired
 from .exc import InvalidSchemaName
 from .exc import RawSQLRefused
 from .exc import ReservoirEmpty
@@ -56,6 +60,7 @@ from .verify import verify_checkin
 
 __all__ = [
     "ALLOW_RAW_SQL",
+    "CitusRequired",
     "FleetReport",
     "Installation",
     "InvalidSchemaName",
@@ -79,6 +84,7 @@ __all__ = [
     "adopt_schema",
     "claim_tenant",
     "clone_tenant",
+    "create_shared_tables",
     "create_tenant",
     "drop_tenant",
     "fill_reservoir",
@@ -86,10 +92,12 @@ __all__ = [
     "installation_of",
     "list_tenants",
     "migrate_tenants",
+    "move_tenant",
     "rename_tenant",
     "reservoir_size",
     "sync_tenant_roles",
     "tenant_exists",
+    "tenant_placement",
     "tenant_role",
     "tenant_status",
     "uninstall",

@@ -33,6 +33,8 @@ from sqlalchemy.engine import Engine
 
 from . import _ledger
 from . import _namespace
+from ._citus import refuse_worker
+from ._citus import sharding
 from ._lifecycle_pg import _duplicate_is_tenancy_error
 from ._lifecycle_pg import _set_mark
 from .exc import InvalidSchemaName
@@ -188,12 +190,13 @@ def adopt(
         script_directory(cfg)  # an unreadable migration history fails before any SQL
     moved: list[str] = []
     with bind.begin() as conn:
+        refuse_worker(conn, "adopt_schema")  # the ledger is on the coordinator
         _check_source(conn, source)
         _ledger.ensure(conn)
         q = _ledger.ident
         hint = "choose another name with as_tenant"
         if source == PUBLIC:
-            with _duplicate_is_tenancy_error(tenant, hint):
+            with _duplicate_is_tenancy_error(tenant, hint), sharding(conn, on=True):
                 _ledger.execute_ddl(conn, f"CREATE SCHEMA {q(tenant)}")
             moved = _move_public(conn, tenant)
         elif source != tenant:
@@ -228,16 +231,17 @@ def _check_source(conn: Connection, schema: str) -> None:
 
 
 def _move_public(conn: Connection, tenant: str) -> list[str]:
-    """``ALTER ... SET SCHEMA`` every movable object of ``public``, in one round trip."""
+    """``ALTER ... SET SCHEMA`` every movable object of ``public``, one statement each.
+
+    One message per statement: Citus refuses DDL inside a multi-statement message.
+    """
     q = _ledger.ident
     objects = [(r[0], r[1]) for r in conn.execute(text(_PUBLIC_OBJECTS))]
     if not objects:
         return []
-    statements = "; ".join(
-        f"ALTER {kind} public.{q(name)} SET SCHEMA {q(tenant)}" for kind, name in objects
-    )
     try:
-        _ledger.execute_ddl(conn, statements)
+        for kind, name in objects:
+            _ledger.execute_ddl(conn, f"ALTER {kind} public.{q(name)} SET SCHEMA {q(tenant)}")
         if (conn.dialect.server_version_info or (0,)) >= (14,):
             # A range's multirange (PostgreSQL 14+) may stay behind when its range moves
             # (PostgreSQL 15 leaves it): it follows in a second round trip.

@@ -128,16 +128,17 @@ def leave(conn: Connection, saved: str) -> None:
 
 
 def leave_and_read(conn: Connection, schema: str, saved: str) -> str | None:
-    """Put the ``search_path`` back and read the tenant's revision, in one round trip."""
-    q = _ledger.ident
+    """Put the ``search_path`` back, then read the tenant's revision.
+
+    Two statements, never one: on Citus a statement that reads a tenant table is routed, whole,
+    to the worker holding the tenant, so a ``set_config`` in it would change the worker's
+    session and leave the caller's ``search_path`` pointing at the tenant.
+    """
+    leave(conn, saved)
     versions = conn.execute(
-        text(
-            "SELECT set_config('search_path', :p, true), "
-            f"ARRAY(SELECT version_num FROM {q(schema)}.alembic_version)"
-        ),
-        {"p": saved},
-    ).one()[1]
-    return _ledger.join_revisions(versions)
+        text(f"SELECT ARRAY(SELECT version_num FROM {_ledger.ident(schema)}.alembic_version)")
+    ).scalar()
+    return _ledger.join_revisions(versions or ())
 
 
 def run_tenant_migrations(

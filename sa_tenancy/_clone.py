@@ -8,13 +8,26 @@ objects unqualified, and is then executed with ``search_path`` set to the target
 unqualified names resolve to the target's copies. Index definitions are the one deparser that
 always qualifies the table; its ``ON src.t`` is rewritten.
 
-Copied: enum types, sequences (with ``OWNED BY``), tables with column types, collations,
-defaults, identity and generated columns, ``NOT NULL``, primary/unique/check/exclusion and
-foreign-key constraints, other indexes, and the rows of ``alembic_version`` (optionally all
-rows). Not copied: views, functions, triggers, policies, grants other than the defaults.
+Copied: enum types, sequences, tables with column types, collations, defaults, identity and
+generated columns, ``NOT NULL``, primary/unique/check/exclusion and foreign-key constraints,
+other indexes, and the rows of ``alembic_version`` (optionally all rows). Not copied: views,
+functions, triggers, policies, grants other than the defaults.
+
+Written so that it also runs on Citus, where the target is a distributed schema:
+
+* one statement per message (Citus refuses DDL inside a multi-statement message);
+* a column's own sequence (``serial``: a sequence owned by the column, with the options
+  ``serial`` gives it, named as ``serial`` names it) is written as ``smallserial``/``serial``/
+  ``bigserial`` in the ``CREATE TABLE``, never as a separate sequence plus ``ALTER SEQUENCE ...
+  OWNED BY`` (Citus: "Altering a distributed sequence is currently not supported"). Only a
+  column-owned sequence with other options or another name still takes the ``OWNED BY`` path,
+  which works on plain PostgreSQL only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -46,12 +59,22 @@ ORDER BY c.relname
 _COLUMNS = """
 SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
        pg_get_expr(ad.adbin, ad.adrelid), a.attidentity, a.attgenerated,
-       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END
+       CASE WHEN a.attcollation <> t.typcollation THEN co.collname END,
+       ids.relname, ids.seqstart, ids.seqincrement, ids.seqmin, ids.seqmax, ids.seqcache,
+       ids.seqcycle
 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
      AND NOT a.attisdropped
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 LEFT JOIN pg_collation co ON co.oid = a.attcollation
+LEFT JOIN LATERAL (
+    SELECT sc.relname, s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle
+    FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
+    JOIN pg_class sc ON sc.oid = d.objid
+    WHERE a.attidentity <> '' AND d.refobjid = c.oid AND d.refobjsubid = a.attnum
+      AND d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.deptype = 'i'
+) AS ids ON true
 WHERE c.relnamespace = to_regnamespace(quote_ident(:src)) AND c.relkind = 'r'
 ORDER BY c.relname, a.attnum
 """
@@ -90,11 +113,14 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
     constraints = conn.execute(text(_CONSTRAINTS), params).all()
     indexes = conn.execute(text(_INDEXES), params).all()
 
+    serials = _serial_columns(sequences, columns)
     ddl: list[str] = []
     for name, labels in enums:
         values = ", ".join(_literal(label) for label in labels)
         ddl.append(f"CREATE TYPE {q(name)} AS ENUM ({values})")
-    for name, typ, inc, lo, hi, start, cache, cycle, _t, _c in sequences:
+    for name, typ, inc, lo, hi, start, cache, cycle, owner, col in sequences:
+        if owner is not None and (owner, col) in serials:
+            continue  # made by its column's serial type
         ddl.append(
             f"CREATE SEQUENCE {q(name)} AS {typ} INCREMENT {int(inc)} MINVALUE {int(lo)} "
             f"MAXVALUE {int(hi)} START {int(start)} CACHE {int(cache)} "
@@ -102,7 +128,19 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
         )
     tables: dict[str, list[str]] = {}
     inserted: dict[str, list[str]] = {}
-    for table, col, typ, notnull, default, identity, generated, collation in columns:
+    selected: dict[str, list[str]] = {}
+    enum_names = {name for name, _labels in enums}
+    for table, col, typ, notnull, default, identity, generated, collation, *seq in columns:
+        if generated != "s":
+            # An enum column's rows come as the template's type: cast through text to the copy's.
+            own_enum = typ.removesuffix("[]").strip('"') in enum_names
+            selected.setdefault(table, []).append(
+                f"CAST(CAST({q(col)} AS text) AS {typ})" if own_enum else q(col)
+            )
+        if (table, col) in serials:
+            tables.setdefault(table, []).append(f"{q(col)} {_SERIAL_OF[typ]}")
+            inserted.setdefault(table, []).append(q(col))
+            continue
         parts = [q(col), typ]
         if collation:
             parts.append(f"COLLATE {q(collation)}")
@@ -110,7 +148,7 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
             parts.append(f"GENERATED ALWAYS AS ({default}) STORED")
         elif identity:
             kind = "ALWAYS" if identity == "a" else "BY DEFAULT"
-            parts.append(f"GENERATED {kind} AS IDENTITY")
+            parts.append(f"GENERATED {kind} AS IDENTITY{_identity_options(table, col, seq)}")
         elif default is not None:
             parts.append(f"DEFAULT {default}")
         if notnull:
@@ -127,7 +165,7 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
     for table, cols in tables.items():
         ddl.append(f"CREATE TABLE {q(table)} ({', '.join(cols)})")
     for _name, _typ, _i, _lo, _hi, _s, _c, _cy, owner_table, owner_col in sequences:
-        if owner_table is not None:
+        if owner_table is not None and (owner_table, owner_col) not in serials:
             ddl.append(f"ALTER SEQUENCE {q(_name)} OWNED BY {q(owner_table)}.{q(owner_col)}")
     for table, definition, qualified in indexes:
         # pg_get_indexdef always qualifies the table, quoted by quote_ident (only if needed).
@@ -146,13 +184,13 @@ def clone_structure(conn: Connection, source: str, target: str, *, data: bool) -
         listed = ", ".join(inserted[table])
         ddl.append(
             f"INSERT INTO {q(table)} ({listed}) OVERRIDING SYSTEM VALUE "
-            f"SELECT {listed} FROM {q(source)}.{q(table)}"
+            f"SELECT {', '.join(selected[table])} FROM {q(source)}.{q(table)}"
         )
     ddl.extend(foreign)
 
     conn.execute(text("SELECT set_config('search_path', :p, true)"), {"p": q(target)})
-    if ddl:
-        execute_ddl(conn, ";\n".join(ddl))
+    for statement in ddl:
+        execute_ddl(conn, statement)
     if data:
         for name, *_rest in sequences:
             conn.execute(
@@ -196,6 +234,65 @@ def _copy_identity_positions(conn: Connection, source: str, target: str) -> None
                 ),
                 {"dst": dst_seq, "src": src_seq},
             )
+
+
+def _identity_options(table: str, col: str, seq: Sequence[Any]) -> str:
+    """The template's identity sequence options (start, increment, bounds, cache, cycle, name)."""
+    name, start, inc, lo, hi, cache, cycle = seq
+    if name is None:  # pragma: no cover - an identity column always has its sequence
+        return ""
+    options = (
+        f"START {int(start)} INCREMENT {int(inc)} MINVALUE {int(lo)} MAXVALUE {int(hi)} "
+        f"CACHE {int(cache)} " + ("CYCLE" if cycle else "NO CYCLE")
+    )
+    if name != f"{table}_{col}_seq":
+        options = f"SEQUENCE NAME {ident(name)} {options}"
+    return f" ({options})"
+
+
+#: The serial type that makes a column's sequence, by the column's type.
+_SERIAL_OF = {"smallint": "smallserial", "integer": "serial", "bigint": "bigserial"}
+#: The largest value of each sequence type: ``serial``'s sequences end there.
+_MAX_OF = {"smallint": 2**15 - 1, "integer": 2**31 - 1, "bigint": 2**63 - 1}
+
+
+def _serial_columns(sequences: Sequence[Any], columns: Sequence[Any]) -> set[tuple[str, str]]:
+    """``(table, column)`` of the columns to write as ``serial``: their sequence comes with them.
+
+    A column qualifies when its sequence is :func:`_serial_shaped`, it is ``NOT NULL`` and its
+    default is exactly that sequence's ``nextval`` (as ``serial`` leaves it).
+    """
+    shaped = {(row[8], row[9]): row[0] for row in sequences if _serial_shaped(tuple(row))}
+    found = set()
+    for table, col, typ, notnull, default, identity, generated, collation, *_ in columns:
+        seq = shaped.get((table, col))
+        if seq is None or not notnull or identity or generated or collation:
+            continue
+        printed = {
+            f"nextval({_literal(seq)}::regclass)",
+            f"nextval({_literal(ident(seq))}::regclass)",
+        }
+        if default in printed and _SERIAL_OF.get(typ) is not None:
+            found.add((table, col))
+    return found
+
+
+def _serial_shaped(row: tuple[Any, ...]) -> bool:
+    """Whether a sequence is exactly what ``serial`` would make for its owning column.
+
+    Same type as a serial type, the options ``CREATE SEQUENCE`` gives by default, and the name
+    ``serial`` chooses (``<table>_<column>_seq``, when that fits in 63 bytes), so the copy's
+    sequence is named like the template's and positions can be copied by name.
+    """
+    name, typ, inc, lo, hi, start, cache, cycle, owner, col = row
+    if owner is None or typ not in _SERIAL_OF:
+        return False
+    expected = f"{owner}_{col}_seq"
+    return (
+        name == expected
+        and len(expected.encode("utf-8")) <= 63
+        and (inc, lo, hi, start, cache, cycle) == (1, 1, _MAX_OF[str(typ)], 1, 1, False)
+    )
 
 
 def _literal(value: str) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from ._citus import sharding
 from ._namespace import mark as _mark
 from .names import LEDGER_SCHEMA as LEDGER_SCHEMA  # the shared schema; never a tenant
 
@@ -45,19 +46,21 @@ DROPPING_MARK = "sa_tenancy:dropping"
 #: schema's OID, unique in the database and stable across renames).
 LOCK_CLASS = 0x5A7E
 
-_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.{LEDGER_TABLE} (
+#: The ledger's DDL, one statement per message: Citus cannot run ``CREATE INDEX`` or
+#: ``ADD COLUMN`` inside a multi-statement message ("cannot insert multiple commands into a
+#: prepared statement"). The schema itself is created by :func:`ensure`, with sharding off.
+_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.{LEDGER_TABLE} (
     schema_name text PRIMARY KEY,
     revision text,
     spare boolean NOT NULL DEFAULT false,
     updated_at timestamptz NOT NULL DEFAULT now()
-);
-ALTER TABLE {LEDGER_SCHEMA}.{LEDGER_TABLE} ADD COLUMN IF NOT EXISTS namespace text NOT NULL
-    DEFAULT '';
-CREATE INDEX IF NOT EXISTS tenant_versions_spare_ns ON {LEDGER_SCHEMA}.{LEDGER_TABLE}
-    (namespace, schema_name) WHERE spare;
-"""
+)""",
+    f"ALTER TABLE {LEDGER_SCHEMA}.{LEDGER_TABLE} ADD COLUMN IF NOT EXISTS namespace text "
+    "NOT NULL DEFAULT ''",
+    f"CREATE INDEX IF NOT EXISTS tenant_versions_spare_ns ON {LEDGER_SCHEMA}.{LEDGER_TABLE} "
+    "(namespace, schema_name) WHERE spare",
+)
 
 QUALIFIED = _QUALIFIED = f"{LEDGER_SCHEMA}.{LEDGER_TABLE}"
 #: The mark's namespace, in SQL, from the ``:mark_of`` schema's comment ('' for the default).
@@ -108,7 +111,12 @@ def ensure(conn: Connection) -> None:
     if current:
         return
     conn.execute(text("SELECT pg_advisory_xact_lock(:k, 1)"), {"k": LOCK_CLASS + 1})
-    execute_ddl(conn, _DDL)
+    # Sharding off: on Citus the ledger stays a plain coordinator table (its upserts, advisory
+    # locks and SKIP LOCKED claims need it there), whatever the database's default.
+    with sharding(conn, on=False):
+        execute_ddl(conn, f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
+    for statement in _DDL:
+        execute_ddl(conn, statement)
 
 
 def exists(conn: Connection) -> bool:
@@ -129,7 +137,7 @@ def record(
             f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, namespace, updated_at) "
             "VALUES (:s, :r, :spare, :ns, now()) ON CONFLICT (schema_name) DO UPDATE "
             "SET revision = EXCLUDED.revision, spare = EXCLUDED.spare, "
-            "namespace = EXCLUDED.namespace, updated_at = now()"
+            "namespace = EXCLUDED.namespace, updated_at = EXCLUDED.updated_at"
         ),
         {"s": schema, "r": revision, "spare": spare, "ns": namespace},
     )
@@ -211,7 +219,7 @@ def set_revision(conn: Connection, schema: str, revision: str | None) -> None:
             f"INSERT INTO {_QUALIFIED} (schema_name, revision, spare, namespace, updated_at) "
             f"VALUES (:s, :r, {_IS_SPARE}, {_NAMESPACE_OF}, now()) "
             "ON CONFLICT (schema_name) DO UPDATE SET revision = EXCLUDED.revision, "
-            "updated_at = now()"
+            "updated_at = EXCLUDED.updated_at"
         ),
         {"s": schema, "r": revision, "mark_of": schema, **_PATTERNS},
     )
@@ -221,7 +229,8 @@ def execute_ddl(conn: Connection, statement: str) -> Any:
     """Run SQL built from quoted identifiers and literals, with no parameters.
 
     The driver still scans the text for ``%`` placeholders, so a ``%`` inside a quoted name,
-    default or enum label is doubled; several ``;``-separated statements go in one round trip.
+    default or enum label is doubled. One statement per call: Citus refuses DDL inside a
+    multi-statement message, so callers never join statements with ``;``.
     """
     return conn.exec_driver_sql(statement.replace("%", "%%"))
 
@@ -238,7 +247,7 @@ def record_from_table(conn: Connection, schema: str) -> str | None:
             "SELECT :s, NULLIF(array_to_string(ARRAY(SELECT version_num FROM "
             f"{quoted}.alembic_version ORDER BY version_num COLLATE \"C\"), ','), ''), "
             f"{_IS_SPARE}, {_NAMESPACE_OF}, now() ON CONFLICT (schema_name) DO UPDATE "
-            "SET revision = EXCLUDED.revision, updated_at = now() RETURNING revision"
+            "SET revision = EXCLUDED.revision, updated_at = EXCLUDED.updated_at RETURNING revision"
         ),
         {"s": schema, "mark_of": schema, **_PATTERNS},
     ).scalar()

@@ -29,6 +29,8 @@ from sqlalchemy.engine import Engine
 
 from . import _ledger
 from . import _role_ddl
+from ._citus import refuse_worker
+from ._citus import sharding
 from ._clone import clone_structure
 from ._ledger import SPARE_MARK
 from ._ledger import TENANT_MARK
@@ -105,8 +107,10 @@ def _build(
 ) -> str | None:
     """Make ``schema`` complete inside the caller's transaction; return its recorded revision."""
     quoted = _ledger.ident(schema)
+    refuse_worker(conn, "creating a tenant")  # the ledger is on the coordinator
     _ledger.ensure(conn)
-    with _duplicate_is_tenancy_error(schema, hint):
+    with _duplicate_is_tenancy_error(schema, hint), sharding(conn, on=True):
+        # On Citus: a distributed schema, placed on a worker, whatever the database's default.
         _ledger.execute_ddl(conn, f"CREATE SCHEMA {quoted}")
     _set_mark(conn, schema, mark)
     revision: str | None = None
@@ -297,6 +301,7 @@ def reservoir_size(bind: Engine, *, namespace: str = "") -> int:
 def claim(bind: Engine, schema: str, *, namespace: str = "",
           roles: TenantRoles | None = None) -> None:  # fmt: skip
     """Rename a spare of ``namespace`` to ``schema``, mark and record it: one transaction."""
+    refuse_worker(bind, "claim_tenant")  # asked once per engine
     try:
         _claim(bind, schema, namespace, roles)
     except sa_exc.ProgrammingError as error:
@@ -315,39 +320,40 @@ def _claim(bind: Engine, schema: str, namespace: str, roles: TenantRoles | None)
         f"the reservoir of {label(namespace)} is empty: call fill_reservoir() with the same "
         "namespace (or create_tenant()) first"
     )
-    # Four round trips in all (BEGIN, take a spare, rename + mark + record, COMMIT): a signup
-    # pays for these and nothing else (plus the role's rename and grants with tenant_roles).
+    # Five round trips in all (BEGIN, take a spare and record the tenant, rename, mark,
+    # COMMIT): a signup pays for these and nothing else (plus the role's rename and grants
+    # with tenant_roles). DDL goes one statement per message
+    # (Citus refuses DDL in a multi-statement message); the ledger's two changes share one.
     with bind.begin() as conn:
         try:
             row = conn.execute(
                 text(
-                    f"DELETE FROM {table} WHERE schema_name = (SELECT schema_name "
+                    f"WITH taken AS (DELETE FROM {table} WHERE schema_name = (SELECT schema_name "
                     f"FROM {table} WHERE spare AND namespace = :ns ORDER BY schema_name "
-                    "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING schema_name, revision"
+                    "LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING schema_name, revision) "
+                    f"INSERT INTO {table} (schema_name, revision, namespace) "
+                    "SELECT :new, revision, :ns FROM taken "
+                    "RETURNING (SELECT schema_name FROM taken)"
                 ),
-                {"ns": namespace},
+                {"ns": namespace, "new": schema},
             ).first()
         except sa_exc.ProgrammingError as error:
             # A database that never had a reservoir has no ledger table at all.
             if getattr(error.orig, "sqlstate", None) == "42P01":  # undefined_table
                 raise ReservoirEmpty(empty) from None
             raise
+        except sa_exc.IntegrityError as error:
+            # The ledger already has a row of that name: a tenant holds it.
+            if getattr(error.orig, "sqlstate", None) == "23505":  # unique_violation
+                raise TenancyError(
+                    f"schema {schema!r} already exists; choose another name or drop it first"
+                ) from None
+            raise
         if row is None:
             raise ReservoirEmpty(empty)
         q = _ledger.ident
-        revision = "NULL" if row[1] is None else _literal(row[1])
         with _duplicate_is_tenancy_error(schema):
-            _ledger.execute_ddl(
-                conn,
-                f"ALTER SCHEMA {q(row[0])} RENAME TO {q(schema)}; "
-                f"COMMENT ON SCHEMA {q(schema)} IS '{tenant_mark(namespace)}'; "
-                f"INSERT INTO {table} (schema_name, revision, namespace) "
-                f"VALUES ({_literal(schema)}, {revision}, {_literal(namespace)})",
-            )
+            _ledger.execute_ddl(conn, f"ALTER SCHEMA {q(row[0])} RENAME TO {q(schema)}")
+        _set_mark(conn, schema, tenant_mark(namespace))
         if roles is not None:  # the spare's role follows its schema (made if it had none)
             _role_ddl.rename(conn, row[0], schema, roles)
-
-
-def _literal(value: str) -> str:
-    """A SQL string literal (``standard_conforming_strings``: only quotes need doubling)."""
-    return "'" + value.replace("'", "''") + "'"

@@ -119,7 +119,8 @@ def ensure(conn: Connection, schema: str, settings: TenantRoles) -> str:
     ).scalar():
         # DROP OWNED BY (at drop) needs the role's privileges; a superuser has them anyway.
         statements.append(f"GRANT {ident(role)} TO CURRENT_USER")
-    execute_ddl(conn, "; ".join(statements))
+    for statement in statements:  # one per message: Citus propagates role DDL, one at a time
+        execute_ddl(conn, statement)
     return role
 
 
@@ -153,7 +154,8 @@ def drop(conn: Connection, schema: str, settings: TenantRoles) -> None:
         return
     if not ours:
         raise _not_ours(role, schema)
-    execute_ddl(conn, f"DROP OWNED BY {ident(role)}; DROP ROLE {ident(role)}")
+    execute_ddl(conn, f"DROP OWNED BY {ident(role)}")
+    execute_ddl(conn, f"DROP ROLE {ident(role)}")
 
 
 def sync(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 
+from . import _cli_citus
 from . import _cli_roles
 from . import _namespace
 from . import _templates
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_reservoir)
     _cli_roles.add_parser(sub, common)
+    _cli_citus.add_commands(sub, common)  # move, placement
     return parser
 
 

@@ -73,6 +73,14 @@ class TenantRoleMissing(TenancyError):
     """
 
 
+class CitusRequired(TenancyError):
+    """A Citus-only operation (moving tenants, their placement) ran on plain PostgreSQL.
+
+    Nothing was sent beyond the check. Point the engine at a Citus coordinator, or leave the
+    call out: on a single server every tenant is already in one place.
+    """
+
+
 #: Attribute a strategy sets (true) on an exception it raises after leaving the transaction's
 #: connection unable to reach the default schema; after any other failure of a strategy the
 #: connection is invalidated, so that no statement runs on it untenanted.
@@ -88,6 +96,7 @@ for _cls in (
     RawSQLRefused,
     ReservoirEmpty,
     TenantRoleMissing,
+    CitusRequired,
 ):
     _cls.__module__ = "sa_tenancy"
 del _cls

@@ -71,6 +71,7 @@ from ._alembic import run_upgrade
 from ._alembic import script_directory
 from ._alembic import stamp_tenant
 from ._alembic import upgrade_tenant
+from ._citus import refuse_worker
 from ._fleet import TenantResult
 from ._status import StatusReport
 from ._status import tenant_status
@@ -190,6 +191,7 @@ def migrate_tenants(
     engine = create_engine(rendered, poolclass=NullPool)
     try:
         with engine.begin() as conn:
+            refuse_worker(conn, "migrate_tenants")
             _ledger.ensure(conn)
             rows = _ledger.marked_schemas(conn, (_ledger.tenant_mark(ns), _ledger.spare_mark(ns)))
     finally:

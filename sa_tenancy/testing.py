@@ -20,6 +20,16 @@ and the configured database is left as it was. If the role may not create databa
 configured database is used as is, and every test still makes and drops its own uniquely named
 schemas.
 
+**Citus**: when the configured PostgreSQL database has the ``citus`` extension (a coordinator),
+the run works **in place**, in that database: a scratch database would have no ``citus``
+extension (and ``CREATE DATABASE`` is not propagated to the workers), so the suite would pass
+without touching Citus. Tests still make and drop uniquely named schemas, so the database is
+left as it was, but ``public`` may hold the decoy tables of concurrent runs: run one suite at a
+time per coordinator. The report header says so. Tests marked ``own_server`` start a server of
+their own (``initdb``) and test nothing about Citus: deselect them there with
+``-m "not own_server"``. Tests that create a database of their own get a plain PostgreSQL
+database on the coordinator, and say so in their docstring.
+
 Fixtures: ``pg_url``, ``pg_engine`` (``pool_size=1``, so the next checkout is the same
 connection), ``pg_tenants`` (make tenant schemas), and ``mysql_url``, ``mysql_engine``,
 ``mysql_tenants``. Tests that use them are marked ``pg`` / ``mysql`` automatically, so
@@ -121,6 +131,8 @@ class _Server:
     error: str | None = None
     scratch: str | None = None
     cluster: Cluster | None = None
+    #: The citus extension's version when the configured database is a Citus coordinator.
+    citus: str | None = None
 
     def require(self) -> str:
         if self.url is None:
@@ -183,6 +195,9 @@ def _resolve_mysql(config: pytest.Config) -> _Server:
     return server
 
 
+_CITUS_SQL = "SELECT extversion FROM pg_extension WHERE extname = 'citus'"
+
+
 def _make_scratch(server: _Server, version_sql: str) -> None:
     assert server.admin_url is not None
     engine = create_engine(server.admin_url, isolation_level="AUTOCOMMIT")
@@ -190,6 +205,12 @@ def _make_scratch(server: _Server, version_sql: str) -> None:
     try:
         with engine.connect() as conn:
             server.version = str(conn.exec_driver_sql(version_sql).scalar())
+            if conn.dialect.name == "postgresql":
+                server.citus = conn.exec_driver_sql(_CITUS_SQL).scalar()
+            if server.citus is not None:
+                # In place: a scratch database would have no citus extension at all.
+                server.url = server.admin_url
+                return
             try:
                 quoted = conn.dialect.identifier_preparer.quote_identifier(name)
                 conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
@@ -253,6 +274,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SERVERS] = _Servers(config)
     config.addinivalue_line("markers", "pg: needs a PostgreSQL server (added automatically)")
     config.addinivalue_line("markers", "mysql: needs a MySQL/MariaDB server (added automatically)")
+    config.addinivalue_line(
+        "markers",
+        "own_server: starts a PostgreSQL server of its own (initdb), not the configured one; "
+        "deselect with -m 'not own_server' when running in place on a Citus coordinator",
+    )
+    config.addinivalue_line(
+        "markers",
+        "citus: needs a Citus coordinator as the configured PostgreSQL; deselected elsewhere",
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -270,7 +300,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         server = config.stash[_SERVERS].get(kind)
         if server.url:
             where = f" (scratch database {server.scratch})" if server.scratch else ""
+            if server.citus is not None:
+                database = make_url(server.url).database
+                where = (
+                    f" (Citus {server.citus} coordinator: in place in database {database}, no "
+                    "scratch database; deselect own_server tests with -m 'not own_server')"
+                )
             lines.append(f"{server.kind}: {server.version} via {server.source}{where}")
+            if kind == "pg" and server.citus is None:
+                lines.append("citus: not this server: tests marked citus are deselected")
         else:
             lines.append(f"{server.kind}: unavailable: {server.error}")
     return lines
@@ -281,6 +319,11 @@ _MYSQL_FIXTURES = {"mysql_url", "mysql_engine", "mysql_tenants"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    citus_only = [item for item in items if item.get_closest_marker("citus")]
+    if citus_only and config.stash[_SERVERS].get("pg").citus is None:
+        # Not skipped: they cannot run against this server at all, and say so in the header.
+        config.hook.pytest_deselected(items=citus_only)
+        items[:] = [item for item in items if not item.get_closest_marker("citus")]
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if names & _PG_FIXTURES:

@@ -99,7 +99,12 @@ def downgrade():
 
 
 def make_database(server_url: str) -> str:
-    """Create an empty database next to ``server_url``'s and return its URL."""
+    """Create an empty database next to ``server_url``'s and return its URL.
+
+    On a Citus coordinator this is a plain PostgreSQL database on the coordinator (no citus
+    extension; ``CREATE DATABASE`` is not propagated to the workers): fleet tests that use it
+    check the fleet logic there, while the lifecycle tests run in the Citus database itself.
+    """
     name = unique_name("fleet")
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

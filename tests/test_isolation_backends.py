@@ -283,6 +283,8 @@ def test_translate_map_immune_to_other_maps_on_the_engine(pg_engine, two_tenants
 
 @pytest.fixture
 def euc_jp_url(pg_url):
+    """A database in EUC_JP. On a Citus coordinator it is a plain PostgreSQL database there
+    (no citus extension, not propagated to the workers): the test is about encodings only."""
     name = unique_name("eucjp")
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -103,7 +103,7 @@ def test_no_leak_after_backend_killed(SessionLocal, pg_engine, pg_url, two_tenan
             text("SELECT pg_backend_pid()").execution_options(sa_tenancy_allow_raw_sql=True)
         ).scalar()
         with killer.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.execute(text("SELECT pg_terminate_backend(CAST(:pid AS integer))"), {"pid": pid})
         with pytest.raises(DBAPIError):
             session.execute(select(Note)).all()
     killer.dispose()
@@ -538,7 +538,7 @@ def test_search_path_when_the_idle_backend_died(SessionLocal, pg_engine, pg_url,
     pid = backend_pid(pg_engine)
     killer = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with killer.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        conn.execute(text("SELECT pg_terminate_backend(CAST(:pid AS integer))"), {"pid": pid})
     killer.dispose()
     with SessionLocal(info={"schema": two_tenants[0]}) as session:
         with pytest.raises(DBAPIError) as caught:

@@ -23,7 +23,8 @@ from sa_tenancy._cluster import find_pg_bin
 ROOT = Path(__file__).resolve().parent.parent
 OPS = int(os.environ.get("SA_TENANCY_STRESS_OPS", "25000"))
 
-pytestmark = pytest.mark.pg  # a PostgreSQL test, deselected with -m "not pg"
+# A PostgreSQL test (deselected with -m "not pg") on a server of its own (-m "not own_server").
+pytestmark = [pytest.mark.pg, pytest.mark.own_server]
 
 
 @pytest.fixture(autouse=True)
