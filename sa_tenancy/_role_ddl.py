@@ -9,7 +9,9 @@ What a tenant's role (see :mod:`sa_tenancy._roles` for its name) is allowed, and
 * the same on objects made later in the schema by the role running the lifecycle call (the
   owner, who also runs the fleet migrations), through ``ALTER DEFAULT PRIVILEGES FOR ROLE
   <owner> IN SCHEMA <schema>``: a migration that adds a table leaves it usable at once;
-* ``USAGE`` and ``SELECT`` on the declared shared schemas and their current tables;
+* ``SELECT`` on the declared shared schemas' tables, now and later, as a member of the group role
+  ``<prefix>shared``, which holds ``USAGE`` on them, ``SELECT`` on their tables and a default
+  privilege for tables made there later (:func:`ensure_shared`);
 * membership in the role for the login role (``grant_to``, default ``session_user``), so it can
   ``SET ROLE``; and, when the lifecycle role is not a superuser, for the lifecycle role too,
   which ``DROP OWNED BY`` needs at drop.
@@ -25,6 +27,7 @@ neither, see ``docs/reliability.md``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Sequence
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -36,21 +39,62 @@ from ._ledger import ident
 from ._roles import TenantRoles
 from .exc import TenancyError
 
-__all__ = ["drop", "ensure", "rename", "sync"]
+__all__ = ["drop", "ensure", "ensure_shared", "rename", "sync"]
 
 _MARK = "sa_tenancy:role:"
 
 
-def _role_state(conn: Connection, role: str) -> tuple[bool, bool]:
+_SHARED_MARK = "sa_tenancy:shared:"
+
+
+def _role_state(conn: Connection, role: str, mark: str = _MARK) -> tuple[bool, bool]:
     """(exists, made by sa_tenancy for this database)."""
     row = conn.execute(
         text(
             "SELECT shobj_description(oid, 'pg_authid') = :prefix || current_database() "
             "FROM pg_roles WHERE rolname = :role"
         ),
-        {"role": role, "prefix": _MARK},
+        {"role": role, "prefix": mark},
     ).first()
     return (False, False) if row is None else (True, bool(row[0]))
+
+
+def ensure_shared(conn: Connection, settings: TenantRoles, schemas: Sequence[str]) -> str:
+    """Make the shared-readers group role and let it read ``schemas``, now and later.
+
+    ``USAGE`` on each schema, ``SELECT`` on its tables, and a default privilege for tables the
+    lifecycle role makes there later (``create_shared_tables``, a migration of the shared
+    schema): one grant per schema for every tenant at once, since each tenant role is a member.
+    """
+    group = settings.shared_role
+    exists, ours = _role_state(conn, group, _SHARED_MARK)
+    if not exists:  # two first tenants at once: one makes the group, the other waits and sees it
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": group})
+        exists, ours = _role_state(conn, group, _SHARED_MARK)
+    if exists and not ours:
+        raise TenancyError(
+            f"role {group!r} exists but was not made by sa_tenancy for this database as the "
+            "shared-readers role; use another role prefix (TenantRoles(prefix='...'))"
+        )
+    g = ident(group)
+    statements = []
+    if not exists:
+        database = conn.execute(text("SELECT current_database()")).scalar_one()
+        statements += [
+            f"CREATE ROLE {g} NOLOGIN",
+            f"COMMENT ON ROLE {g} IS {_literal(_SHARED_MARK + database)}",
+        ]
+    for schema in schemas:
+        s = ident(schema)
+        statements += [
+            f"GRANT USAGE ON SCHEMA {s} TO {g}",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {g}",
+            f"ALTER DEFAULT PRIVILEGES FOR ROLE CURRENT_USER IN SCHEMA {s} "
+            f"GRANT SELECT ON TABLES TO {g}",
+        ]
+    for statement in statements:
+        execute_ddl(conn, statement)
+    return group
 
 
 def _not_ours(role: str, schema: str) -> TenancyError:
@@ -81,11 +125,8 @@ def grants(schema: str, role: str, settings: TenantRoles) -> list[str]:
         f"{default} EXECUTE ON ROUTINES TO {r}",
         f"{default} USAGE ON TYPES TO {r}",
     ]
-    for shared in settings.shared_schemas:
-        statements += [
-            f"GRANT USAGE ON SCHEMA {ident(shared)} TO {r}",
-            f"GRANT SELECT ON ALL TABLES IN SCHEMA {ident(shared)} TO {r}",
-        ]
+    if settings.shared_schemas:
+        statements.append(f"GRANT {ident(settings.shared_role)} TO {r}")
     login = "SESSION_USER" if settings.grant_to is None else ident(settings.grant_to)
     statements.append(f"GRANT {r} TO {login}")
     return statements
@@ -113,6 +154,8 @@ def ensure(conn: Connection, schema: str, settings: TenantRoles) -> str:
             f"CREATE ROLE {ident(role)} NOLOGIN",
             f"COMMENT ON ROLE {ident(role)} IS {_literal(_MARK + database)}",
         ]
+    if settings.shared_schemas:
+        ensure_shared(conn, settings, settings.shared_schemas)
     statements += grants(schema, role, settings)
     if not conn.execute(
         text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")

@@ -143,8 +143,9 @@ class TenantRoles:
     :param grant_to: the role the application logs in as, made a member of each tenant role.
         Default: the role the lifecycle call connects as (``session_user``). Set it when
         lifecycle runs as an owner or admin role and the app connects as another.
-    :param shared_schemas: schemas every tenant role may read (``USAGE`` and ``SELECT`` on
-        their tables as they are when the grant is made; ``roles sync`` repairs later tables).
+    :param shared_schemas: schemas every tenant role may read: ``USAGE`` and ``SELECT`` on their
+        tables, now and later (tables the lifecycle role adds), through the group role
+        :attr:`shared_role` that every tenant role belongs to.
     """
 
     prefix: str = DEFAULT_ROLE_PREFIX
@@ -168,6 +169,16 @@ class TenantRoles:
     def role(self, schema: str) -> str:
         """The role of tenant ``schema``."""
         return tenant_role(schema, prefix=self.prefix)
+
+    @property
+    def shared_role(self) -> str:
+        """The group role that reads the shared schemas: ``<prefix>shared``.
+
+        Every tenant role is a member, so a shared table made later is readable by all tenants
+        through one default privilege, not one per tenant. It never equals a tenant's role
+        (those continue the prefix with ``t_`` or ``h_``).
+        """
+        return f"{self.prefix}shared"
 
 
 TenantRoles.__module__ = "sa_tenancy"

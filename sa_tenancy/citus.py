@@ -28,8 +28,11 @@ from sqlalchemy.engine import Engine
 
 from . import _ledger
 from . import _namespace
+from . import _role_ddl
+from . import _roles
 from ._citus import server_of
 from ._citus import sharding
+from ._roles import TenantRoles
 from .exc import CitusRequired
 from .exc import InvalidSchemaName
 from .exc import TenancyError
@@ -66,7 +69,13 @@ ORDER BY n.nspname
 """
 
 
-def create_shared_tables(engine: Engine, metadata: MetaData, schema: str = "shared") -> list[str]:
+def create_shared_tables(
+    engine: Engine,
+    metadata: MetaData,
+    schema: str = "shared",
+    *,
+    tenant_roles: bool | TenantRoles | None = None,
+) -> list[str]:
     """Create ``schema`` and the tables of ``metadata`` declared in it; tenants may reference them.
 
     Idempotent: a schema or table that exists is kept (tables are created with
@@ -89,12 +98,19 @@ def create_shared_tables(engine: Engine, metadata: MetaData, schema: str = "shar
 
         sa_tenancy.create_shared_tables(engine, Base.metadata)   # before create_tenant
 
+    With ``tenant_roles`` (``True`` or the :class:`~sa_tenancy.TenantRoles` given to the
+    lifecycle), the shared-readers group role (``<prefix>shared``) may read the schema's
+    tables, these and any the same role creates there later; tenant roles made with
+    ``TenantRoles(shared_schemas=[schema])`` are its members (``sync_tenant_roles`` with the
+    same settings makes existing tenants members).
+
     :returns: the qualified names of the shared tables, in dependency order.
     :raises InvalidSchemaName: for a system schema, the ledger, a spare or an invalid name,
         before any SQL.
     :raises TenancyError: if ``schema`` is a tenant, or (on Citus) a distributed schema.
     """
     schema = _shared_name(schema)
+    roles = _roles.resolve(tenant_roles)
     tables = [t for t in metadata.sorted_tables if t.schema == schema]
     q = _ledger.ident
     with engine.begin() as conn:
@@ -116,6 +132,8 @@ def create_shared_tables(engine: Engine, metadata: MetaData, schema: str = "shar
                     ),
                     {"t": name},
                 )
+        if roles is not None:
+            _role_ddl.ensure_shared(conn, roles, [schema])
     return [f"{schema}.{t.name}" for t in tables]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Callable
 from collections.abc import Iterator
 
@@ -15,6 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+from sqlalchemy import Column
+from sqlalchemy import Integer
+from sqlalchemy import MetaData
+from sqlalchemy import Table
 from sqlalchemy import create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
@@ -476,6 +481,43 @@ def test_shared_schemas_are_readable(fleet, factory, pg_engine):
     finally:
         with pg_engine.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{shared}" CASCADE')
+            _drop_role(conn, roles.shared_role)  # the group role every tenant reads through
+
+
+def test_shared_tables_made_later_are_readable_through_the_group_role(pg_engine, app_engine, login):
+    """create_shared_tables(tenant_roles=...): one group role; tables added later need no sync."""
+    prefix = "g" + uuid.uuid4().hex[:12] + "_"  # roles are cluster-wide: a prefix of its own
+    where = unique_name("shared")
+    roles = TenantRoles(prefix=prefix, grant_to=login, shared_schemas=(where,))
+    shared = MetaData()
+    Table("plans", shared, Column("id", Integer, primary_key=True), schema=where)
+    name = unique_name("rt")
+    try:
+        sa_tenancy.create_shared_tables(pg_engine, shared, where, tenant_roles=roles)
+        sa_tenancy.create_tenant(pg_engine, name, metadata=tenant_metadata, tenant_roles=roles)
+        with pg_engine.begin() as conn:  # the owner adds a shared table after the tenant exists
+            conn.exec_driver_sql(f'INSERT INTO "{where}".plans VALUES (7)')
+            conn.exec_driver_sql(f'CREATE TABLE "{where}".extra (v int)')
+            conn.exec_driver_sql(f'INSERT INTO "{where}".extra VALUES (8)')
+        made = sessionmaker(app_engine)
+        installation = sa_tenancy.install(made, tenant_roles=roles)
+        try:
+            with made(info={"schema": name}) as session:
+                assert session.execute(CURRENT_USER).scalar() == roles.role(name)
+                for table, value in (("plans", 7), ("extra", 8)):
+                    read = text(f'SELECT * FROM "{where}".{table}').execution_options(**RAW)
+                    assert session.execute(read).scalar() == value
+        finally:
+            installation.uninstall()
+        with app_engine.connect() as conn:  # the login itself still reads nothing shared
+            with pytest.raises(ProgrammingError, match="permission denied"):
+                conn.exec_driver_sql(f'SELECT * FROM "{where}".plans').all()
+    finally:
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{where}" CASCADE')
+            for role in (roles.role(name), roles.shared_role):
+                _drop_role(conn, role)
 
 
 def test_sync_gives_existing_tenants_their_roles(fleet, factory, pg_engine):
