@@ -68,6 +68,9 @@ from sqlalchemy import make_url
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from ._conformance_rows import _base_type
+from ._conformance_rows import _key_for
+from ._conformance_rows import _python_type
 from ._test_servers import LOCAL_MYSQL as LOCAL_MYSQL
 from ._test_servers import LOCAL_PG as LOCAL_PG
 from ._test_servers import MYSQL_ENV as MYSQL_ENV
@@ -75,9 +78,6 @@ from ._test_servers import PG_ENV as PG_ENV
 from ._test_servers import _Servers
 from ._test_servers import unique_name
 from .conformance import ConformanceReport
-from .conformance import _base_type
-from .conformance import _key_for
-from .conformance import _python_type
 from .conformance import check_isolation
 
 __all__ = ["DatabaseUnavailable", "TenantFactory", "unique_name", "url_for_driver"]
