@@ -30,14 +30,11 @@ from .exc import SchemaSwitchError
 from .exc import TenancyError
 from .exc import TenantRoleMissing
 from .exc import UnknownSchema
-from .lifecycle import claim_tenant
 from .lifecycle import clone_tenant
 from .lifecycle import create_tenant
 from .lifecycle import drop_tenant
-from .lifecycle import fill_reservoir
 from .lifecycle import list_tenants
 from .lifecycle import rename_tenant
-from .lifecycle import reservoir_size
 from .lifecycle import tenant_exists
 from .listener import Installation
 from .listener import install
@@ -49,6 +46,9 @@ from .migrate import TenantResult
 from .migrate import migrate_tenants
 from .migrate import tenant_status
 from .names import NamePolicy
+from .reservoir import claim_tenant
+from .reservoir import fill_reservoir
+from .reservoir import reservoir_size
 from .sqlite import SQLiteFiles
 from .strategies import ALLOW_RAW_SQL
 from .strategies import SearchPath

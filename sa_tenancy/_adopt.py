@@ -35,13 +35,13 @@ from . import _ledger
 from . import _namespace
 from ._citus import refuse_worker
 from ._citus import sharding
+from ._lifecycle_checks import _name
+from ._lifecycle_checks import _pg_only
 from ._lifecycle_pg import _duplicate_is_tenancy_error
 from ._lifecycle_pg import _set_mark
 from .exc import InvalidSchemaName
 from .exc import TenancyError
 from .exc import UnknownSchema
-from .lifecycle import _name
-from .lifecycle import _pg_only
 from .names import NamePolicy
 from .names import _base_check
 from .names import _refuse_internal

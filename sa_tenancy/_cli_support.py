@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from . import _namespace
-from . import lifecycle
+from ._lifecycle_checks import _validate
 
 #: The environment variable naming the namespace when ``--namespace`` is not given.
 NAMESPACE_ENV = "SA_TENANCY_NAMESPACE"
@@ -67,7 +67,7 @@ def namespace_of(args: argparse.Namespace) -> str | None:
 
 def checked_names(values: Sequence[str]) -> list[str]:
     """Validate every name before anything is sent: one bad name stops the whole command."""
-    return [lifecycle._validate(v, None) for v in values]
+    return [_validate(v, None) for v in values]
 
 
 def config_of(args: argparse.Namespace, *, required: bool) -> str | None:

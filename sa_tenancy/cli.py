@@ -25,6 +25,7 @@ from . import _cli_roles
 from . import _namespace
 from . import _templates
 from . import lifecycle
+from . import reservoir
 from ._cli_support import NAMESPACE_ENV
 from ._cli_support import UsageError
 from ._cli_support import checked_names
@@ -55,7 +56,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
     for name in names:
         try:
             if args.claim:
-                lifecycle.claim_tenant(engine, name, namespace=ns, tenant_roles=roles)
+                reservoir.claim_tenant(engine, name, namespace=ns, tenant_roles=roles)
             elif template is not None:
                 lifecycle.clone_tenant(engine, template, name, data=args.data, namespace=ns,
                                        tenant_roles=roles)  # fmt: skip
@@ -231,9 +232,9 @@ def _cmd_reservoir(args: argparse.Namespace) -> int:
     engine = engine_of(args)
     made: list[str] = []
     if args.fill:
-        made = lifecycle.fill_reservoir(engine, args.fill, template=template, metadata=metadata,
+        made = reservoir.fill_reservoir(engine, args.fill, template=template, metadata=metadata,
                                         alembic_config=config, namespace=ns)  # fmt: skip
-    size = lifecycle.reservoir_size(engine, namespace=ns)
+    size = reservoir.reservoir_size(engine, namespace=ns)
     emit(args, {"added": made, "spares": size}, [f"added {len(made)} spares; {size} waiting"])
     return 0
 

@@ -1,4 +1,4 @@
-"""Create, clone, claim, rename, drop, list and check tenants.
+"""Create, clone, rename, drop, list and check tenants.
 
 A tenant is a schema (PostgreSQL), a database (MySQL/MariaDB) or a file (SQLite, see
 :mod:`sa_tenancy.sqlite`) holding the tables of the application's ``MetaData`` that are declared
@@ -8,7 +8,7 @@ without a schema. This module is the one API over three private backends
 
 1. the name policy (``names=``, default ``[a-z_][a-z0-9_]*``), whose fixed rules also refuse
    system schemas, the ledger schema ``sa_tenancy`` and the reservoir's spares ``sa_spare_*``
-   (a spare becomes a tenant only through :func:`claim_tenant`);
+   (a spare becomes a tenant only through :func:`~sa_tenancy.claim_tenant`);
 2. the backend's own rules (:mod:`sa_tenancy._dialect_names`), whatever the policy says: on
    MySQL/MariaDB the URL's database and the system databases, on SQLite ``main``/``temp``, any
    name that is not a plain file name, and the main database file itself.
@@ -34,10 +34,10 @@ renaming or cloning it raises :class:`~sa_tenancy.UnknownSchema`. Tenant names a
 set per database.
 
 Provisioning fast, on PostgreSQL: :func:`clone_tenant` copies a template tenant server-side;
-:func:`fill_reservoir` prepares spare, fully built schemas ahead of time and
-:func:`claim_tenant` turns one into a tenant with ``ALTER SCHEMA ... RENAME``. Every operation
-there writes the tenant's Alembic revision to the ledger ``sa_tenancy.tenant_versions`` in the
-same transaction (see :mod:`sa_tenancy._ledger`).
+:func:`~sa_tenancy.fill_reservoir` prepares spare, fully built schemas ahead of time and
+:func:`~sa_tenancy.claim_tenant` turns one into a tenant with ``ALTER SCHEMA ... RENAME`` (see
+:mod:`sa_tenancy.reservoir`). Every operation there writes the tenant's Alembic revision to
+the ledger ``sa_tenancy.tenant_versions`` in the same transaction (see :mod:`sa_tenancy._ledger`).
 """
 
 from __future__ import annotations
@@ -48,13 +48,17 @@ from typing import TYPE_CHECKING
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Engine
 
-from . import _dialect_names
 from . import _lifecycle_mysql as _mysql
 from . import _lifecycle_pg as _pg
 from . import _lifecycle_sqlite as _sqlite
 from . import _namespace
 from . import _roles
 from ._ledger import TENANT_MARK
+from ._lifecycle_checks import _name
+from ._lifecycle_checks import _pg_only
+from ._lifecycle_checks import _roles_for
+from ._lifecycle_checks import _tenant
+from ._lifecycle_checks import _unsupported
 from ._roles import TenantRoles
 from .exc import InvalidSchemaName
 from .exc import TenancyError
@@ -68,64 +72,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TENANT_MARK",
-    "claim_tenant",
     "clone_tenant",
     "create_tenant",
     "drop_tenant",
-    "fill_reservoir",
     "list_tenants",
     "rename_tenant",
-    "reservoir_size",
     "tenant_exists",
 ]
 
-_DEFAULT_POLICY = NamePolicy()
 #: Only the fixed rules: what a listed tenant's name must satisfy, whatever made it.
 _ANY_NAME = NamePolicy(lambda name: True)
 #: Above this many catalog objects a PostgreSQL schema is dropped in batches of tables.
 _DROP_AT_ONCE = 1000
 _MYSQL = ("mysql", "mariadb")
-
-
-def _validate(schema: object, names: NamePolicy | None) -> str:
-    """Check ``schema`` against the policy (default: the strict one); no backend needed."""
-    return (names or _DEFAULT_POLICY).validate(schema)
-
-
-def _name(bind: Engine, schema: object, names: NamePolicy | None) -> str:
-    """The policy, then the rules of ``bind``'s backend, before anything is sent."""
-    checked = _validate(schema, names)
-    return _dialect_names.check(bind.dialect.name, checked, default_database=bind.url.database)
-
-
-def _tenant(
-    bind: Engine,
-    schema: object,
-    names: NamePolicy | None,
-    directory: str | os.PathLike[str] | None,
-) -> str:
-    """:func:`_name`, and on SQLite: the tenant's file is not the main database file."""
-    checked = _name(bind, schema, names)
-    if bind.dialect.name == "sqlite":
-        path = _sqlite.tenant_path(bind, checked, directory)
-        _dialect_names.check_sqlite_file(checked, path, bind.url.database)
-    return checked
-
-
-def _unsupported(bind: Engine, what: str) -> TenancyError:
-    return TenancyError(f"{what} does not support the {bind.dialect.name} dialect")
-
-
-def _pg_only(bind: Engine, what: str) -> None:
-    if bind.dialect.name != "postgresql":
-        raise TenancyError(f"{what} is supported on PostgreSQL only, not {bind.dialect.name}")
-
-
-def _roles_for(bind: Engine, tenant_roles: bool | TenantRoles) -> TenantRoles | None:
-    roles = _roles.resolve(tenant_roles)
-    if roles is not None:
-        _pg_only(bind, "tenant_roles")
-    return roles
 
 
 def create_tenant(
@@ -350,71 +309,3 @@ def drop_tenant(
         _sqlite.drop(path)
     else:
         raise _unsupported(bind, "drop_tenant")
-
-
-def fill_reservoir(
-    bind: Engine,
-    count: int,
-    *,
-    metadata: MetaData | None = None,
-    template: str | None = None,
-    alembic_config: AlembicConfig | None = None,
-    data: bool = False,
-    namespace: str | None = None,
-    tenant_roles: bool | TenantRoles = False,
-) -> list[str]:
-    """Add ``count`` spare, fully built schemas to the reservoir (PostgreSQL).
-
-    Each spare is built exactly like a tenant (from ``template`` by :func:`clone_tenant`'s copy,
-    or from ``metadata``/``alembic_config`` as in :func:`create_tenant`), one transaction each,
-    but marked ``sa_tenancy:spare``: it is not listed as a tenant, and the fleet migration runner
-    migrates it with the tenants, so a claimed spare is always current. Run it from a scheduled
-    job to keep the reservoir topped up (see :func:`reservoir_size`).
-
-    Spare names (``sa_spare_<hex>``) are refused by every name policy, so no session and no
-    other lifecycle call can use a spare before :func:`claim_tenant` renames it.
-
-    Each namespace has its own reservoir: a spare filled for ``namespace`` is claimed only by
-    :func:`claim_tenant` with the same ``namespace`` (and ``template`` must be its tenant).
-
-    :returns: the names of the new spares (``sa_spare_<hex>``).
-    """
-    ns = _namespace.check(namespace)
-    _pg_only(bind, "fill_reservoir")
-    if template is not None:
-        template = _name(bind, template, None)
-    return _pg.fill_reservoir(bind, count, metadata=metadata, template=template,
-                              alembic_config=alembic_config, data=data,
-                              namespace=ns, roles=_roles.resolve(tenant_roles))  # fmt: skip
-
-
-def reservoir_size(bind: Engine, *, namespace: str | None = None) -> int:
-    """How many spare schemas of ``namespace`` are waiting to be claimed."""
-    ns = _namespace.check(namespace)
-    _pg_only(bind, "reservoir_size")
-    return _pg.reservoir_size(bind, namespace=ns)
-
-
-def claim_tenant(
-    bind: Engine,
-    schema: str,
-    *,
-    names: NamePolicy | None = None,
-    namespace: str | None = None,
-    tenant_roles: bool | TenantRoles = False,
-) -> str:
-    """Create tenant ``schema`` by claiming a spare schema from the reservoir (PostgreSQL).
-
-    One short transaction: take a spare's ledger row with ``FOR UPDATE SKIP LOCKED`` (so
-    concurrent signups never claim the same spare and never wait for each other), ``ALTER
-    SCHEMA ... RENAME`` it, mark it a tenant, record it. A few milliseconds instead of a build.
-
-    :raises ReservoirEmpty: if no spare of ``namespace`` is left (call :func:`fill_reservoir`
-        with the same namespace, or fall back to :func:`create_tenant`).
-    :raises TenancyError: if ``schema`` already exists; the spare stays in the reservoir.
-    """
-    ns = _namespace.check(namespace)
-    schema = _name(bind, schema, names)
-    _pg_only(bind, "claim_tenant")
-    _pg.claim(bind, schema, namespace=ns, roles=_roles.resolve(tenant_roles))
-    return schema
