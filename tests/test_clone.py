@@ -12,26 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import BigInteger
-from sqlalchemy import Column
-from sqlalchemy import Computed
-from sqlalchemy import Enum
-from sqlalchemy import ForeignKey
-from sqlalchemy import Identity
-from sqlalchemy import Index
-from sqlalchemy import Integer
-from sqlalchemy import MetaData
-from sqlalchemy import Sequence
-from sqlalchemy import SmallInteger
-from sqlalchemy import String
-from sqlalchemy import Table
-from sqlalchemy import UniqueConstraint
 from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 
 import sa_tenancy
 from sa_tenancy.testing import unique_name
+
+from .models import rich_metadata
 
 _COLUMNS = """
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -87,37 +74,11 @@ def catalog_of(engine: Engine, schema: str) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def _metadata() -> MetaData:
-    meta = MetaData()
-    mood = Enum("happy", "sad", name="mood")
-    Table(
-        "owners", meta,
-        Column("id", Integer, primary_key=True),
-        Column("name", String(50), nullable=False, unique=True),
-        Column("mood", mood, server_default="happy"),
-        Column("moods", ARRAY(mood)),
-        Column("doubled", Integer, Computed("id * 2", persisted=True)),
-        Column("note", String(20, collation="C"), server_default="100% sure"),
-    )  # fmt: skip
-    pets = Table(
-        "pets", meta,
-        Column("id", Integer, Identity(start=10, increment=5), primary_key=True),
-        Column("owner_id", ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
-        Column("name", String(50)),
-        Column("ticket", Integer, Sequence("tickets", increment=3)),
-        UniqueConstraint("owner_id", "name", name="uq_pet_name"),
-    )  # fmt: skip
-    Index("ix_pets_lower_name", text("lower(name)"), _table=pets)
-    Table("big", meta, Column("id", BigInteger, primary_key=True), Column("v", String))
-    Table("small", meta, Column("id", SmallInteger, primary_key=True), Column("v", String))
-    return meta
-
-
 @pytest.fixture
 def template(pg_engine: Engine):
     made: list[str] = []
     schema = unique_name("tpl")
-    sa_tenancy.create_tenant(pg_engine, schema, metadata=_metadata())
+    sa_tenancy.create_tenant(pg_engine, schema, metadata=rich_metadata(with_options=True))
     made.append(schema)
     with pg_engine.begin() as conn:
         q = f'"{schema}"'

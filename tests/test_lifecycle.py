@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Column
-from sqlalchemy import Computed
-from sqlalchemy import Enum
-from sqlalchemy import ForeignKey
-from sqlalchemy import Identity
-from sqlalchemy import Index
 from sqlalchemy import Integer
 from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import Table
-from sqlalchemy import UniqueConstraint
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -29,6 +23,7 @@ from sa_tenancy.testing import unique_name
 from . import _alembic_env
 from ._alembic_env import ledger
 from ._alembic_env import write_env
+from .models import rich_metadata
 from .models import tenant_metadata
 
 fleet_url = _alembic_env.fleet_url
@@ -127,34 +122,10 @@ def test_create_with_alembic_stamps_head_in_the_same_transaction(engine, cleanup
         assert [c[0] for c in cols] == ["id", "name", "price"]
 
 
-def _rich_metadata() -> MetaData:
-    meta = MetaData()
-    mood = Enum("happy", "sad", name="mood")
-    Table(
-        "owners", meta,
-        Column("id", Integer, primary_key=True),
-        Column("name", String(50), nullable=False, unique=True),
-        Column("mood", mood, server_default="happy"),
-        Column("doubled", Integer, Computed("id * 2", persisted=True)),
-        Column("note", String(20), server_default="100% sure"),
-    )  # fmt: skip
-    pets = Table(
-        "pets", meta,
-        Column("id", Integer, Identity(), primary_key=True),
-        Column("owner_id", ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
-        Column("name", String(50)),
-        UniqueConstraint("owner_id", "name", name="uq_pet_name"),
-    )  # fmt: skip
-    Index("ix_pets_lower_name", text("lower(name)"), _table=pets)
-    for i in range(8):
-        Table(f"extra_{i}", meta, Column("id", Integer, primary_key=True), Column("v", String))
-    return meta
-
-
 def test_clone_copies_structure_pointing_at_the_new_schema(engine, cleanup):
     template, copy = unique_name("tpl"), unique_name("life")
     cleanup += [template, copy]
-    sa_tenancy.create_tenant(engine, template, metadata=_rich_metadata())
+    sa_tenancy.create_tenant(engine, template, metadata=rich_metadata(extra_tables=6))
     with engine.begin() as conn:
         conn.exec_driver_sql(f"INSERT INTO \"{template}\".owners (name) VALUES ('t1'), ('t2')")
     assert sa_tenancy.clone_tenant(engine, template, copy) == copy

@@ -31,19 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import BigInteger
 from sqlalchemy import Column
-from sqlalchemy import Computed
-from sqlalchemy import Enum
-from sqlalchemy import ForeignKey
-from sqlalchemy import Identity
-from sqlalchemy import Index
 from sqlalchemy import Integer
 from sqlalchemy import MetaData
-from sqlalchemy import SmallInteger
-from sqlalchemy import String
 from sqlalchemy import Table
-from sqlalchemy import UniqueConstraint
 from sqlalchemy import create_engine
 from sqlalchemy import event
 from sqlalchemy import text
@@ -61,6 +52,7 @@ from ._alembic_env import add_revisions
 from ._alembic_env import drop_database
 from ._alembic_env import make_database
 from ._alembic_env import write_env
+from .models import rich_metadata
 
 # -- a statement splitter that knows PostgreSQL's quoting ------------------------------------
 
@@ -240,32 +232,6 @@ def _log(engine: Engine, into: list[str], params: list[Any] | None = None) -> No
             params.append(parameters)
 
 
-def _rich_metadata() -> MetaData:
-    """Every kind of object the clone copies: serials of three sizes, identity, enum, computed
-    column, unique and foreign keys, an expression index."""
-    meta = MetaData()
-    mood = Enum("happy", "sad", name="mood")
-    Table(
-        "owners", meta,
-        Column("id", Integer, primary_key=True),
-        Column("name", String(50), nullable=False, unique=True),
-        Column("mood", mood, server_default="happy"),
-        Column("doubled", Integer, Computed("id * 2", persisted=True)),
-        Column("note", String(20), server_default="100% sure"),
-    )  # fmt: skip
-    pets = Table(
-        "pets", meta,
-        Column("id", Integer, Identity(), primary_key=True),
-        Column("owner_id", ForeignKey("owners.id", ondelete="CASCADE"), nullable=False),
-        Column("name", String(50)),
-        UniqueConstraint("owner_id", "name", name="uq_pet_name"),
-    )  # fmt: skip
-    Index("ix_pets_lower_name", text("lower(name)"), _table=pets)
-    Table("big", meta, Column("id", BigInteger, primary_key=True), Column("v", String))
-    Table("small", meta, Column("id", SmallInteger, primary_key=True), Column("v", String))
-    return meta
-
-
 @pytest.fixture
 def own_database(pg_url: str) -> Iterator[str]:
     """A database of the test's own: the ledger does not exist yet, so its DDL is logged.
@@ -292,14 +258,14 @@ def test_every_statement_the_library_sends_has_a_citus_shape(own_database, tmp_p
     Table("plans", shared, Column("id", Integer, primary_key=True), schema="shared")
     try:
         sa_tenancy.create_shared_tables(engine, shared)
-        sa_tenancy.create_tenant(engine, rich, metadata=_rich_metadata())
+        sa_tenancy.create_tenant(engine, rich, metadata=rich_metadata())
         sa_tenancy.create_tenant(engine, built, alembic_config=ini)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"INSERT INTO \"{rich}\".owners (name) VALUES ('a'), ('b')")
             conn.exec_driver_sql(f"INSERT INTO \"{rich}\".big (v) VALUES ('a')")
         sa_tenancy.clone_tenant(engine, rich, rows, data=True)
         sa_tenancy.clone_tenant(engine, built, bare)
-        sa_tenancy.fill_reservoir(engine, 1, metadata=_rich_metadata())
+        sa_tenancy.fill_reservoir(engine, 1, metadata=rich_metadata())
         sa_tenancy.fill_reservoir(engine, 1, template=built)
         claimed, renamed = unique_name("shape"), unique_name("shape")
         sa_tenancy.claim_tenant(engine, claimed)
@@ -321,7 +287,7 @@ def test_every_statement_the_library_sends_has_a_citus_shape(own_database, tmp_p
         sa_tenancy.drop_tenant(engine, built)
         _lifecycle_pg.drop(engine, rich, batch_size=2, at_once=1)  # the batched path
         # tenant_roles: the role's DDL and grants, created, repaired, renamed, dropped.
-        sa_tenancy.create_tenant(engine, with_role, metadata=_rich_metadata(), tenant_roles=True)
+        sa_tenancy.create_tenant(engine, with_role, metadata=rich_metadata(), tenant_roles=True)
         sa_tenancy.sync_tenant_roles(engine, tenants=[with_role])
         sa_tenancy.rename_tenant(engine, with_role, role_renamed, tenant_roles=True)
         sa_tenancy.drop_tenant(engine, role_renamed, tenant_roles=True)
@@ -374,7 +340,7 @@ def test_the_sharding_setting_is_a_harmless_placeholder_on_plain_postgresql(pg_e
     """``citus.enable_schema_based_sharding`` set around CREATE SCHEMA: nothing stays behind."""
     schema = unique_name("shard")
     try:
-        sa_tenancy.create_tenant(pg_engine, schema, metadata=_rich_metadata())
+        sa_tenancy.create_tenant(pg_engine, schema, metadata=rich_metadata())
         assert sa_tenancy.tenant_exists(pg_engine, schema)
         with pg_engine.connect() as conn:  # pool_size=1: the connection that created it
             value = conn.execute(
