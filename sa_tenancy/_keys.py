@@ -23,6 +23,8 @@ SAVED_MAP_OPTION = "sa_tenancy_saved_map"
 #: The ``search_path`` the server transaction had before a tenant was applied to a Connection
 #: that outlives the session (restored when the session's transaction ends).
 SAVED_PATH_OPTION = "sa_tenancy_saved_path"
+#: Connection option: the ``role`` an outer transaction had, put back at the session's end.
+SAVED_ROLE_OPTION = "sa_tenancy_saved_role"
 #: Set on a Connection the session did not make (a session bound to a Connection): it outlives
 #: the session's transaction, so the tenant's path must be restorable.
 OUTLIVES_OPTION = "sa_tenancy_outlives"

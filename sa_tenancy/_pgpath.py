@@ -43,6 +43,7 @@ from ._keys import ALLOW_RAW_SQL
 from ._keys import FITS
 from ._keys import OUTLIVES_OPTION
 from ._keys import SAVED_PATH_OPTION
+from ._keys import SAVED_ROLE_OPTION
 from ._keys import TEMP_OWNER
 from ._keys import TEMP_PENDING
 from ._keys import VERIFIED
@@ -77,7 +78,10 @@ _SET_PATH = text(
     "SELECT set_config('search_path', :path, true), prev "
     "FROM (SELECT current_setting('search_path') AS prev OFFSET 0) AS s"
 ).execution_options(**_OURS)
-_RESTORE_PATH = text("SELECT set_config('search_path', :path, true)").execution_options(**_OURS)
+_RESTORE = text("SELECT set_config(:name, :value, true)").execution_options(**_OURS)
+#: What a tenant changes on a Connection that outlives its session, and puts back: the option
+#: that holds the outer transaction's value, and the setting.
+_SAVED = ((SAVED_PATH_OPTION, "search_path"), (SAVED_ROLE_OPTION, "role"))
 _OCTETS = text("SELECT octet_length(CAST(:name AS text))").execution_options(**_OURS)
 
 
@@ -200,24 +204,28 @@ def apply(
 
 
 def restore(connection: Connection) -> None:
-    """Put back the path a Connection's outer transaction had before a tenant was applied.
+    """Put back the path (and role) a Connection's outer transaction had before a tenant.
 
     Acts only on a Connection that outlives its session and still has its server transaction
     open (a session that joined an outer transaction or made a savepoint in it); elsewhere the
-    transaction's end already reset the path.
+    transaction's end already reset both.
     """
-    saved = connection.get_execution_options().get(SAVED_PATH_OPTION)
-    if saved is None:
+    options = connection.get_execution_options()
+    saved = [(key, name, options[key]) for key, name in _SAVED if options.get(key) is not None]
+    if not saved:
         return
-    connection.execution_options(**{SAVED_PATH_OPTION: None})
-    if connection.in_transaction():
+    connection.execution_options(**{key: None for key, _, _ in saved})
+    if not connection.in_transaction():
+        return
+    for _, name, value in saved:
         try:
-            connection.execute(_RESTORE_PATH, {"path": saved})
+            connection.execute(_RESTORE, {"name": name, "value": value})
         except sa_exc.DBAPIError as error:
             # An aborted outer transaction runs nothing until it is rolled back, and that
-            # rollback also undoes the tenant's path: nothing to restore.
+            # rollback also undoes the tenant's path and role: nothing to restore.
             if getattr(error.orig, "sqlstate", None) != "25P02":  # in_failed_sql_transaction
                 raise
+            return
 
 
 def fits_server(connection: Connection, name: str) -> None:

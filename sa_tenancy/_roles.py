@@ -49,6 +49,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ._keys import ALLOW_RAW_SQL
+from ._keys import SAVED_ROLE_OPTION
 from .exc import FAIL_CLOSED
 from .exc import InvalidSchemaName
 from .exc import TenancyError
@@ -63,7 +64,6 @@ __all__ = [
     "check_prefix",
     "missing_role",
     "resolve",
-    "restore",
     "set_role",
     "tenant_role",
 ]
@@ -75,8 +75,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = 32
 #: pool entry info: the login role of this DBAPI connection was checked (not a superuser).
 LOGIN_CHECKED = "sa_tenancy_login_checked"
-#: Connection option: the ``role`` setting of an outer transaction, put back at the end.
-SAVED_ROLE_OPTION = "sa_tenancy_saved_role"
 _OURS = {ALLOW_RAW_SQL: True}
 #: The login role: a superuser? does it inherit the privileges of a tenant role it belongs to
 #: (role attribute INHERIT on PostgreSQL 15, the membership's INHERIT option from 16 on:
@@ -94,7 +92,6 @@ _SET_ROLE = text(
     "SELECT set_config('role', :role, true), prev "
     "FROM (SELECT current_setting('role') AS prev OFFSET 0) AS s"
 ).execution_options(**_OURS)
-_RESTORE_ROLE = text("SELECT set_config('role', :role, true)").execution_options(**_OURS)
 
 
 def check_prefix(prefix: object) -> str:
@@ -255,17 +252,3 @@ def set_role(connection: Connection, role: str, tenant: str, *, outlives: bool) 
         raise missing from error
     if outlives and connection.get_execution_options().get(SAVED_ROLE_OPTION) is None:
         connection.execution_options(**{SAVED_ROLE_OPTION: prev})
-
-
-def restore(connection: Connection) -> None:
-    """Put back the role an outer transaction had, on a Connection that outlives the session."""
-    saved = connection.get_execution_options().get(SAVED_ROLE_OPTION)
-    if saved is None:
-        return
-    connection.execution_options(**{SAVED_ROLE_OPTION: None})
-    if connection.in_transaction():
-        try:
-            connection.execute(_RESTORE_ROLE, {"role": saved})
-        except sa_exc.DBAPIError as error:
-            if getattr(error.orig, "sqlstate", None) != "25P02":  # in_failed_sql_transaction
-                raise

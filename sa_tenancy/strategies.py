@@ -155,7 +155,6 @@ class SearchPath:
     def apply(self, connection: Connection, schema: str | None) -> None:
         if schema is None:
             _pgpath.restore(connection)
-            _roles.restore(connection)
             return
         dialect = connection.dialect
         if dialect.name != "postgresql":
@@ -299,7 +298,6 @@ class TranslateMap:
             give_back_map(connection)
             if dialect == "postgresql":
                 _pgpath.restore(connection)
-                _roles.restore(connection)
             return
         roles = self.tenant_roles
         if roles is not None and (dialect != "postgresql" or _autocommit(connection)):

@@ -338,9 +338,12 @@ def test_outer_transaction_gets_its_role_back(fleet, app_engine, login):
         trans = conn.begin()
         made = sessionmaker(bind=conn, join_transaction_mode="create_savepoint")
         sa_tenancy.install(made, tenant_roles=True)
-        with made(info={"schema": a}) as session:
-            assert session.execute(CURRENT_USER).scalar() == tenant_role(a)
-        assert conn.execute(text("SELECT current_user")).scalar() == login
+        for end in ("commit", "close"):  # commit releases the savepoint: SET LOCAL outlives it
+            with made(info={"schema": a}) as session:
+                assert session.execute(CURRENT_USER).scalar() == tenant_role(a)
+                if end == "commit":
+                    session.commit()
+            assert conn.execute(text("SELECT current_user")).scalar() == login, end
         trans.rollback()
 
 
