@@ -59,6 +59,27 @@ from .models import rich_metadata
 _DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
 
 
+def _after_quoted(sql: str, i: int, quote: str, *, escaped: bool) -> int:
+    """The index just past the literal or identifier opened by ``quote`` at ``i``.
+
+    A doubled quote stands for itself; with ``escaped`` (``E'...'``) a backslash escapes the
+    next character.
+    """
+    n = len(sql)
+    i += 1
+    while i < n:
+        if escaped and sql[i] == "\\":
+            i += 2
+            continue
+        if sql[i] == quote:
+            if i + 1 < n and sql[i + 1] == quote:
+                i += 2
+                continue
+            break
+        i += 1
+    return i + 1
+
+
 def split_statements(sql: str) -> list[str]:
     """``sql`` cut at each ``;`` that is outside literals, identifiers, dollar quotes, comments.
 
@@ -72,28 +93,9 @@ def split_statements(sql: str) -> list[str]:
         c = sql[i]
         if c == "'":
             escaped = i > 0 and sql[i - 1] in "eE" and (i < 2 or not sql[i - 2].isalnum())
-            i += 1
-            while i < n:
-                if escaped and sql[i] == "\\":
-                    i += 2
-                    continue
-                if sql[i] == "'":
-                    if i + 1 < n and sql[i + 1] == "'":
-                        i += 2
-                        continue
-                    break
-                i += 1
-            i += 1
+            i = _after_quoted(sql, i, "'", escaped=escaped)
         elif c == '"':
-            i += 1
-            while i < n:
-                if sql[i] == '"':
-                    if i + 1 < n and sql[i + 1] == '"':
-                        i += 2
-                        continue
-                    break
-                i += 1
-            i += 1
+            i = _after_quoted(sql, i, '"', escaped=False)
         elif c == "$" and (m := _DOLLAR.match(sql, i)) and not (i > 0 and sql[i - 1].isalnum()):
             end = sql.find(m.group(0), m.end())
             i = n if end < 0 else end + len(m.group(0))
